@@ -1,0 +1,12 @@
+"""Tools for testing code that uses scalekit: a controllable clock and a fault-injecting proxy.
+
+Each primitive also ships an in-memory backend with the same semantics as its real one; they
+are importable from here as well as from their own package.
+"""
+
+from __future__ import annotations
+
+from scalekit.testing.clock import ManualClock
+from scalekit.testing.proxy import FaultProxy
+
+__all__ = ["FaultProxy", "ManualClock"]
