@@ -12,6 +12,8 @@ import pytest
 from tests.support import services
 from tests.support.processes import RedisProcess
 
+pytest_plugins = ["pytester"]
+
 
 def _resolve(spec: services.ServiceSpec, container: Callable[[], str | None] | None) -> str:
     try:
