@@ -1,0 +1,62 @@
+# Every target does its own set-up: a virtualenv in .venv with scalekit and its dev tools.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+PYTEST_ARGS ?=
+# Tests wait on sockets far more than on the CPU: more workers than cores pays off.
+PYTEST_WORKERS ?= 4
+
+.PHONY: help demo test test-no-extras lint docs bench services services-down clean
+
+help:
+	@echo "make demo   run examples/quickstart.py (real services when reachable, in-memory otherwise)"
+	@echo "make test   bring up the test services and run the whole suite"
+	@echo "make lint   ruff (lint + format check) and mypy --strict"
+	@echo "make docs   build the documentation site (mkdocs --strict)"
+	@echo "make bench  run every benchmark against its peers"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --progress-bar off --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[all,dev]"
+	touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[all,dev,bench]"
+	touch $@
+
+services:
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
+
+demo: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+test: $(STAMP) services
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The pure-logic suite in an environment without redis, asyncpg or aio-pika installed.
+test-no-extras:
+	$(PYTHON) -m venv $(VENV)-noextras
+	$(VENV)-noextras/bin/python -m pip install --quiet --progress-bar off --upgrade pip
+	$(VENV)-noextras/bin/python -m pip install --quiet --progress-bar off -e ".[dev]"
+	SCALEKIT_REQUIRE_SERVICES= SCALEKIT_NO_EXTRAS=1 $(VENV)-noextras/bin/python -m pytest \
+		-n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples docs/examples
+	$(BIN)/ruff format --check src tests benchmarks examples docs/examples
+	$(BIN)/mypy --strict src
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+bench: $(BENCH_STAMP) services
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(VENV)-noextras site .pytest_cache .mypy_cache .ruff_cache
