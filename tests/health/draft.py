@@ -41,9 +41,11 @@ def validate(doc: Any) -> None:
         checks = doc["checks"]
         assert isinstance(checks, dict), "checks is an object"
         for key, entries in checks.items():
-            assert isinstance(key, str) and key, "check keys are non-empty strings"
+            assert isinstance(key, str), "check keys are strings"
+            assert key, "check keys are non-empty"
             assert key.count(":") <= 1, "key is componentName:measurementName"
-            assert isinstance(entries, list) and entries, f"checks[{key!r}] is a non-empty array"
+            assert isinstance(entries, list), f"checks[{key!r}] is an array"
+            assert entries, f"checks[{key!r}] is not empty"
             for entry in entries:
                 _validate_check(key, entry)
 

@@ -17,10 +17,10 @@ from scalekit.health import (
 from scalekit.testing import ManualClock
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
     """Poll ``predicate`` on the event loop until it holds (no fixed sleeps)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0)
