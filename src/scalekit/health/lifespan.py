@@ -175,19 +175,20 @@ def install_signal_handlers(
             await clock.sleep(delay)
         forward(signum, frame)
 
-    def spawn(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if registry.shutting_down and tasks:  # a second signal: stop waiting
+            forward(signum, frame)
+            return
+        registry.begin_shutdown()
+        _log.info("health: signal %s: readiness fails now, draining %.1fs", signum, delay)
         task = loop.create_task(later(signum, frame))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        first = not registry.shutting_down
-        registry.begin_shutdown()
-        if first:
-            _log.info("health: signal %s: readiness fails now, draining %.1fs", signum, delay)
-            loop.call_soon_threadsafe(spawn, signum, frame)
-        else:  # a second signal: stop waiting
-            forward(signum, frame)
+        # Runs between two bytecodes of the main thread: do nothing here that may re-enter
+        # logging or I/O; the loop flips readiness on its next iteration.
+        loop.call_soon_threadsafe(on_signal, signum, frame)
 
     for sig in signals:
         previous[int(sig)] = signal.signal(sig, handler)
