@@ -36,7 +36,7 @@ from scalekit.testing import FaultProxy
 from tests.support.processes import RedisProcess
 
 
-async def run_one(check: Any, *, timeout: float = 2.0, critical: bool = True) -> CheckOutcome:
+async def run_one(check: Any, *, timeout: float = 2.0, critical: bool = True) -> CheckOutcome:  # noqa: ASYNC109
     reg = HealthRegistry(started=True, event_loop_check=False, cache_for=0)
     reg.add("dep:check", check, timeout=timeout, critical=critical)
     report = await reg.run(READINESS)
@@ -479,7 +479,7 @@ async def test_event_loop_lag_passes_on_an_idle_loop() -> None:
 async def test_event_loop_monitor_sees_a_blocked_loop() -> None:
     async with EventLoopMonitor(interval=0.01, window=50) as monitor:
         await until_samples(monitor, 1)
-        time.sleep(0.2)  # block the loop on purpose: the condition under test
+        time.sleep(0.2)  # noqa: ASYNC251 - blocking the loop is the condition under test
         await until_samples(monitor, 3)
         assert monitor.max_lag >= 0.1
         outcome = await run_one(event_loop_lag(monitor=monitor, warn_after=0.05))
