@@ -32,7 +32,18 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+
+def _raw_headers(length: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", CONTENT_TYPE.encode()),
+        (b"cache-control", b"no-store"),
+        (b"content-length", str(length).encode()),
+    ]
+
+
 _NOT_FOUND = b'{"status":"fail","output":"not found"}'
+_Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+_NOT_FOUND_ANSWER: _Answer = (404, _raw_headers(len(_NOT_FOUND)), _NOT_FOUND)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +190,7 @@ class HealthApp:
             "service_id": service_id,
             "description": description,
         }
-        self._rendered: dict[tuple[str | None, bool], tuple[HealthReport, bytes]] = {}
+        self._rendered: dict[tuple[str | None, bool], tuple[HealthReport, _Answer]] = {}
 
     # -- the framework-neutral core -------------------------------------------------------------
 
@@ -212,29 +223,33 @@ class HealthApp:
         Returns:
             The response to send; unknown paths get 404.
         """
-        path = _norm(path)
-        if path not in self.paths:
-            return HealthResponse(404, _headers(len(_NOT_FOUND)), _NOT_FOUND)
-        group = self.paths[path]
+        code, headers, body = await self._answer(_norm(path), detailed or self.details)
+        return HealthResponse(
+            code, tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers), body
+        )
+
+    async def _answer(self, path: str, detailed: bool) -> _Answer:
+        try:
+            group = self.paths[path]
+        except KeyError:
+            return _NOT_FOUND_ANSWER
         report = await self.registry.run(group)
-        detailed = detailed or self.details
         key = (group, detailed)
         cached = self._rendered.get(key)
         if cached is not None and cached[0] is report:
-            body = cached[1]
-        else:
-            doc = render(
-                report,
-                details=detailed,
-                version=self._meta["version"],
-                release_id=self._meta["release_id"],
-                service_id=self._meta["service_id"],
-                description=self._meta["description"],
-            )
-            body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-            self._rendered[key] = (report, body)
-        code = 200 if report.healthy else 503
-        return HealthResponse(code, _headers(len(body)), body)
+            return cached[1]  # results unchanged: reuse the encoded response
+        doc = render(
+            report,
+            details=detailed,
+            version=self._meta["version"],
+            release_id=self._meta["release_id"],
+            service_id=self._meta["service_id"],
+            description=self._meta["description"],
+        )
+        body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        answer = (200 if report.healthy else 503, _raw_headers(len(body)), body)
+        self._rendered[key] = (report, answer)
+        return answer
 
     # -- ASGI -----------------------------------------------------------------------------------
 
@@ -263,17 +278,14 @@ class HealthApp:
         detailed = self.details or (
             self._token is not None and self.authorized(scope.get("headers", ()))
         )
-        response = await self.respond(_route_path(scope), detailed=detailed)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": [(k.encode(), v.encode()) for k, v in response.headers],
-            }
-        )
-        await send(
-            {"type": "http.response.body", "body": b"" if method == "HEAD" else response.body}
-        )
+        path = scope["path"]
+        if scope.get("root_path"):
+            path = _route_path(scope)
+        if path not in self.paths:
+            path = _norm(path)
+        code, headers, body = await self._answer(path, detailed)
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
     def __repr__(self) -> str:
         return f"HealthApp(paths={sorted(self.paths)}, details={self.details})"
@@ -287,14 +299,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-def _headers(length: int) -> tuple[tuple[str, str], ...]:
-    return (
-        ("content-type", CONTENT_TYPE),
-        ("cache-control", "no-store"),
-        ("content-length", str(length)),
-    )
 
 
 def _norm(path: str) -> str:

@@ -124,7 +124,7 @@ class HealthRegistry:
             "scalekit.health.check.runs", description="Health check runs by status"
         )
         if event_loop_check:
-            self.add("eventloop:lag", event_loop_lag(), groups=(LIVENESS,), cache_for=0.0)
+            self.add("eventloop:lag", event_loop_lag(), groups=(LIVENESS,))
 
     # -- registration ---------------------------------------------------------------------------
 
@@ -385,18 +385,9 @@ class HealthRegistry:
             with self._tracer.start_as_current_span(
                 "scalekit.health.check", attributes={"scalekit.health.check": entry.name}
             ) as span:
-                if self._real_clock:
-                    done, _ = await asyncio.wait((task,), timeout=limit)
-                else:
-                    timer = asyncio.ensure_future(clock.sleep(limit))
-                    try:
-                        done, _ = await asyncio.wait(
-                            (task, timer), return_when=asyncio.FIRST_COMPLETED
-                        )
-                    finally:
-                        timer.cancel()
+                await self._race(task, limit)
                 duration = clock.monotonic() - start
-                if task in done:
+                if task.done():
                     outcome = self._outcome(entry, task, duration)
                 else:
                     # Never wait for a check that ignores its deadline: cancel it and move on.
@@ -433,6 +424,32 @@ class HealthRegistry:
             )
             entry.last_status = outcome.status
         return outcome
+
+    async def _race(self, task: asyncio.Future[Any], limit: float) -> None:
+        """Return when ``task`` is done or ``limit`` seconds passed, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task.add_done_callback(wake)
+        if self._real_clock:  # a timer handle is much cheaper than a sleeping task
+            handle = loop.call_later(limit, wake)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
+                task.remove_done_callback(wake)
+            return
+        timer = asyncio.ensure_future(self._clock.sleep(limit))
+        timer.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            task.remove_done_callback(wake)
 
     def _outcome(self, entry: _Entry, task: asyncio.Future[Any], duration: float) -> CheckOutcome:
         if task.cancelled():
