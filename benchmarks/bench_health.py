@@ -140,7 +140,9 @@ async def latency_table(n: int, rounds: int) -> None:
             rps[name].append(await one_round(app, sc, n, lat[name]))
     base = statistics.median(rps[entries[0][0]])
     base_p50 = statistics.median(lat[entries[0][0]])
-    print(f"\nProbe latency, direct ASGI call, {rounds} rounds x {n} requests (Python {sys.version.split()[0]})")
+    print(
+        f"\nProbe latency, direct ASGI call, {rounds} rounds x {n} requests (Python {sys.version.split()[0]})"
+    )
     header = f"{'contender':48} {'p50 us':>8} {'p99 us':>8} {'req/s':>10} {'p50 x bare':>11} {'req/s / bare':>13}"
     print(header)
     print("-" * len(header))
