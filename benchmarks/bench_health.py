@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from scalekit.health import CheckResult, HealthApp, HealthRegistry  # noqa: E402
+from scalekit.health import CheckResult, HealthApp, HealthRegistry
 
 Scope = dict[str, Any]
 

@@ -1,5 +1,5 @@
 # requires: redis, postgres
-"""FastAPI: readiness over Redis and PostgreSQL, liveness over the process only, drain on shutdown."""
+"""FastAPI: readiness over Redis and PostgreSQL, liveness over the process, drain on shutdown."""
 
 from __future__ import annotations
 
