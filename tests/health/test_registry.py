@@ -448,3 +448,32 @@ def test_repr() -> None:
     reg.mark_started()
     reg.begin_shutdown()
     assert "shutting down" in repr(reg)
+
+
+def test_a_registry_survives_event_loops_ending_mid_run() -> None:
+    # A module-level registry used by several asyncio.run() calls (tests, CLIs): a run left in
+    # flight when a loop ended must not poison the next loop.
+    reg = HealthRegistry(started=True, event_loop_check=False)
+    gate: list[asyncio.Event] = []
+
+    async def check() -> None:
+        event = asyncio.Event()
+        gate.append(event)
+        await event.wait()
+
+    reg.add("a:x", check, cache_for=0)
+
+    async def abandon() -> None:
+        probe = asyncio.ensure_future(reg.run())
+        await until(lambda: len(gate) == 1)
+        assert not probe.done()
+
+    asyncio.run(abandon())
+
+    async def again() -> Status:
+        probe = asyncio.ensure_future(reg.run())
+        await until(lambda: len(gate) == 2)
+        gate[1].set()
+        return (await probe).status
+
+    assert asyncio.run(again()) is Status.PASS

@@ -372,7 +372,7 @@ class HealthRegistry:
         # Single flight: every concurrent probe awaits the same run; shield() keeps a probe
         # whose client went away from cancelling the run the others are waiting for.
         future = entry.inflight
-        if future is None:
+        if future is None or future.get_loop() is not asyncio.get_running_loop():
             future = entry.inflight = asyncio.ensure_future(self._execute(entry))
         return await asyncio.shield(future)
 
