@@ -17,6 +17,7 @@ from scalekit.health import (
 )
 from scalekit.testing import ManualClock
 from tests.health.draft import validate
+from tests.health.test_registry import until
 
 TOKEN = "s3cr3t-token"
 
@@ -239,3 +240,108 @@ async def test_body_is_compact_json() -> None:
     response = await app.respond("/livez")
     assert json.loads(response.body) == {"status": "pass"}
     assert response.body == b'{"status":"pass"}'
+
+
+async def test_hung_check_answers_503_with_timeout_output() -> None:
+    clock = ManualClock()
+    reg = HealthRegistry(clock=clock, started=True)
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    reg.add("payments:responseTime", never)  # timeout defaults to 1.0 s
+    app = HealthApp(reg, details=True)
+    probe = asyncio.ensure_future(app.respond("/readyz"))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while clock.sleepers == 0:
+        assert loop.time() < deadline
+        await asyncio.sleep(0)
+    await clock.advance(1.0)
+    response = await asyncio.wait_for(probe, 5)
+    assert response.status_code == 503
+    doc = json.loads(response.body)
+    validate(doc)
+    entry = doc["checks"]["payments:responseTime"][0]
+    assert (entry["status"], entry["output"]) == ("fail", "timed out after 1.0s")
+
+
+async def test_thousand_concurrent_http_probes_run_each_check_once() -> None:
+    reg = HealthRegistry(clock=ManualClock(), started=True)
+    gate = asyncio.Event()
+    calls = 0
+
+    async def db() -> None:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+
+    reg.add("postgres:responseTime", db)
+    app = HealthApp(reg)
+    statuses: list[int] = []
+
+    async def probe() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {"type": "http", "method": "GET", "path": "/readyz", "headers": []}
+        await app(scope, receive, send)
+
+    probes = [asyncio.ensure_future(probe()) for _ in range(1000)]
+    await until(lambda: calls == 1)
+    gate.set()
+    await asyncio.gather(*probes)
+    assert statuses == [200] * 1000
+    assert calls == 1
+    assert reg.runs("postgres:responseTime") == 1
+
+
+async def test_hostile_headers_do_not_unlock_details() -> None:
+    app = HealthApp(make_registry(), token=TOKEN)
+    async with client(app) as c:
+        for value in ("Bearer " + "A" * 100_000, "Bearer", "Bearer \u00e9", ""):
+            resp = await c.get("/readyz", headers={"authorization": value.encode("utf-8")})
+            assert resp.json() == {"status": "warn"}
+
+
+def test_public_api_is_pinned() -> None:
+    import scalekit.health as health
+
+    assert sorted(health.__all__) == sorted(
+        [
+            "CONTENT_TYPE",
+            "DEFAULT_PATHS",
+            "LIVENESS",
+            "READINESS",
+            "STARTUP",
+            "BuiltinCheck",
+            "Check",
+            "CheckOutcome",
+            "CheckResult",
+            "EventLoopMonitor",
+            "HealthApp",
+            "HealthLifespan",
+            "HealthReport",
+            "HealthRegistry",
+            "HealthResponse",
+            "Status",
+            "breaker_state",
+            "checks",
+            "event_loop_lag",
+            "health_lifespan",
+            "install_signal_handlers",
+            "postgres_query",
+            "postgres_replica_lag",
+            "rabbitmq_connection",
+            "rabbitmq_queue_depth",
+            "redis_cluster_state",
+            "redis_ping",
+            "render",
+        ]
+    )
+    for name in health.__all__:
+        assert getattr(health, name) is not None
