@@ -17,7 +17,7 @@ from scalekit.health import (
 )
 from scalekit.testing import ManualClock
 from tests.health.draft import validate
-from tests.health.test_registry import until
+from tests.health.helpers import until
 
 TOKEN = "s3cr3t-token"
 

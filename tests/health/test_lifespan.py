@@ -21,7 +21,7 @@ from scalekit.health import (
     install_signal_handlers,
 )
 from scalekit.testing import ManualClock
-from tests.health.test_registry import until
+from tests.health.helpers import until
 
 
 class LifespanDriver:
