@@ -469,3 +469,32 @@ def test_a_registry_survives_event_loops_ending_mid_run() -> None:
         return (await probe).status
 
     assert asyncio.run(again()) is Status.PASS
+
+
+async def test_background_refresh_keeps_results_fresh_without_probes() -> None:
+    clock = ManualClock()
+    reg = registry(clock, event_loop_check=False)
+    check = Counter()
+    reg.add("a:x", check, cache_for=3.0)
+    async with reg.refreshing(interval=1.0):
+        await until(lambda: reg.runs("a:x") == 1)  # the first pass runs at once
+        await until(lambda: clock.sleepers == 1)
+        await clock.advance(1.0)  # t=1: the result (fresh until 3) outlives the next tick
+        await until(lambda: clock.sleepers == 1)
+        assert check.calls == 1
+        await clock.advance(1.0)  # t=2: it expires by the next tick: refresh now
+        await until(lambda: reg.runs("a:x") == 2)
+        report = await reg.run(READINESS)  # answered from the cache
+        assert check.calls == 2
+        assert report.status is Status.PASS
+    calls = check.calls
+    await clock.advance(10.0)
+    assert check.calls == calls  # the task stopped with the context
+    assert clock.sleepers == 0
+
+
+async def test_refreshing_rejects_bad_interval() -> None:
+    reg = registry()
+    with pytest.raises(ConfigurationError):
+        async with reg.refreshing(interval=0):
+            pass

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -301,6 +302,43 @@ class HealthRegistry:
     def on_shutdown(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` (synchronously) when :meth:`begin_shutdown` first runs."""
         self._on_shutdown.append(callback)
+
+    # -- background refresh -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def refreshing(self, interval: float = 1.0) -> AsyncIterator[None]:
+        """Keep results fresh in a background task, so probes are answered from the cache.
+
+        Every ``interval`` seconds, each check whose cached result expires before the next
+        tick is run (through the same single flight as probes). Give checks a ``cache_for``
+        longer than ``interval`` and a probe never waits on a dependency::
+
+            async with registry.refreshing(interval=2.0):
+                ...  # serve
+
+        Args:
+            interval: seconds between refresh passes.
+
+        Raises:
+            ConfigurationError: ``interval`` is not positive.
+        """
+        _check_seconds("interval", interval, allow_zero=False)
+        task = asyncio.get_running_loop().create_task(
+            self._refresh_loop(float(interval)), name="scalekit.health.refresh"
+        )
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _refresh_loop(self, interval: float) -> None:
+        while True:
+            horizon = self._clock.monotonic() + interval
+            due = [e for e in self._entries.values() if e.fresh_until <= horizon]
+            if due:
+                await asyncio.gather(*(self._shared_run(e) for e in due))
+            await self._clock.sleep(interval)
 
     # -- running --------------------------------------------------------------------------------
 
