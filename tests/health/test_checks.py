@@ -515,3 +515,31 @@ def test_builtin_check_repr() -> None:
 class FakeRedis:
     async def ping(self) -> bool:
         return True
+
+
+@pytest.mark.rabbitmq
+async def test_rabbitmq_queue_depth_on_a_robust_connection_is_never_stale(
+    amqp_url: str, unique: str
+) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect_robust(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(unique)
+        check = rabbitmq_queue_depth(connection, unique)
+        try:
+            published = 0
+            for total in (2, 5):
+                while published < total:
+                    await channel.default_exchange.publish(aio_pika.Message(b"x"), unique)
+                    published += 1
+                assert (await run_one(check)).observed_value == total
+            missing = rabbitmq_queue_depth(connection, unique + ".missing")
+            assert (await run_one(missing)).status is Status.FAIL
+            assert (await run_one(check)).observed_value == 5  # the connection survived the 404
+        finally:
+            await queue.delete(if_unused=False, if_empty=False)
+            await channel.close()
+    finally:
+        await connection.close()
