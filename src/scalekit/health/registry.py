@@ -448,7 +448,10 @@ class HealthRegistry:
         entry.cached = outcome
         entry.fresh_until = clock.monotonic() + entry.cache_for
         entry.inflight = None
-        attrs = {"scalekit.health.check": entry.name, "scalekit.health.status": outcome.status}
+        attrs = {
+            "scalekit.health.check": entry.name,
+            "scalekit.health.status": outcome.status.value,
+        }
         self._duration.record(duration, attrs)
         self._runs.add(1, attrs)
         if outcome.status is not entry.last_status:
