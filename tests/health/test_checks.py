@@ -58,8 +58,9 @@ def target(url: str) -> tuple[str, int]:
 
 def test_importing_health_imports_no_driver() -> None:
     code = (
-        "import sys, scalekit.health, scalekit.health.checks, scalekit.health.aiohttp;"
-        "bad = {'redis', 'asyncpg', 'aio_pika', 'aiohttp'} & set(sys.modules);"
+        "import sys, scalekit.health, scalekit.health.checks;"
+        "import scalekit.health.aiohttp, scalekit.health.grpc;"
+        "bad = {'redis', 'asyncpg', 'aio_pika', 'aiohttp', 'grpc'} & set(sys.modules);"
         "assert not bad, bad"
     )
     src = str(Path(__file__).resolve().parents[2] / "src")
