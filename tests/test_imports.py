@@ -14,7 +14,7 @@ import scalekit
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 PRIMITIVES = ["resilience", "cache", "sessions", "sharding", "db", "balance", "queue", "health"]
-DRIVERS = ["redis", "asyncpg", "aio_pika", "aiormq", "msgpack"]
+DRIVERS = ["redis", "asyncpg", "aio_pika", "aiormq", "msgpack", "grpc", "grpc_health"]
 
 
 def _modules_after(statement: str) -> set[str]:

@@ -17,6 +17,8 @@ _EXTRAS: dict[str, str] = {
     "aio_pika": "rabbitmq",
     "msgpack": "msgpack",
     "orjson": "orjson",
+    "grpc": "grpc",
+    "grpc_health": "grpc",
 }
 
 
