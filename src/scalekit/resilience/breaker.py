@@ -18,12 +18,13 @@ half-open trial.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import functools
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -408,9 +409,7 @@ class CircuitBreaker:
             slow_calls=slow,
             failure_rate=failures / calls if calls else 0.0,
             slow_call_rate=slow / calls if calls else 0.0,
-            open_remaining=max(0.0, self._open_until - now)
-            if state is BreakerState.OPEN
-            else 0.0,
+            open_remaining=max(0.0, self._open_until - now) if state is BreakerState.OPEN else 0.0,
             half_open_permits=self._trial_permits if state is BreakerState.HALF_OPEN else 0,
             total_calls=self._rec.seq
             + self._n_trial_success
@@ -427,10 +426,8 @@ class CircuitBreaker:
 
     def remove_listener(self, listener: Callable[[StateChange], None]) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
-        try:
+        with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
-        except ValueError:
-            pass
 
     # -- operator controls ---------------------------------------------------------------------
 
@@ -602,18 +599,18 @@ class CircuitBreaker:
         if outcome is None:
             self._release(gen, kind, ignored=not isinstance(exc, NEVER_COUNTED))
             return
-        if start and self.slow_call_duration is not None:
-            if self._now() - start >= self.slow_call_duration:
-                outcome |= SLOW
+        slow_after = self.slow_call_duration
+        if slow_after is not None and self._now() - start >= slow_after:
+            outcome |= SLOW
         self._record_outcome(outcome, gen, kind)
 
     async def _on_success(self, result: Any, gen: int, kind: int, start: float) -> None:
         outcome = 0
         if self._record_result is not None and self._record_result(result):
             outcome = FAILURE
-        if start and self.slow_call_duration is not None:
-            if self._now() - start >= self.slow_call_duration:
-                outcome |= SLOW
+        slow_after = self.slow_call_duration
+        if slow_after is not None and self._now() - start >= slow_after:
+            outcome |= SLOW
         self._record_outcome(outcome, gen, kind)
         if kind == _KIND_SHARED_TRIAL:
             await self._flush_shared()
@@ -621,7 +618,7 @@ class CircuitBreaker:
     def _release(self, gen: int, kind: int, *, ignored: bool) -> None:
         if ignored:
             self._n_ignored += 1
-        if (kind == _KIND_TRIAL or kind == _KIND_SHARED_TRIAL) and gen == self._gen:
+        if (kind in (_KIND_TRIAL, _KIND_SHARED_TRIAL)) and gen == self._gen:
             self._trial_permits += 1  # give the trial slot back to the next caller
             if kind == _KIND_SHARED_TRIAL:
                 self._spawn(self._store_release_trial())
@@ -756,9 +753,9 @@ class CircuitBreaker:
 
     # -- internals: the shared store -----------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
-            task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+            task = asyncio.get_running_loop().create_task(coro)
         except RuntimeError:  # no running loop (reset() from sync code): skip the publish
             close = getattr(coro, "close", None)
             if close is not None:

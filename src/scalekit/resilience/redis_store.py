@@ -143,14 +143,14 @@ class RedisBreakerStore:
         reply: Any
         if self._sha is not None:
             try:
-                reply = await self.client.evalsha(self._sha, 1, key, *argv)  # type: ignore[misc]
+                reply = await self.client.evalsha(self._sha, 1, key, *argv)
             except exceptions.NoScriptError:
-                reply = await self.client.eval(_SCRIPT, 1, key, *argv)  # type: ignore[misc]
+                reply = await self.client.eval(_SCRIPT, 1, key, *argv)
         else:
-            reply = await self.client.eval(_SCRIPT, 1, key, *argv)  # type: ignore[misc]
+            reply = await self.client.eval(_SCRIPT, 1, key, *argv)
             from hashlib import sha1
 
-            self._sha = sha1(_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis script id
+            self._sha = sha1(_SCRIPT.encode()).hexdigest()
         admitted, state, remaining_ms, generation = reply
         if isinstance(state, bytes):
             state = state.decode()
