@@ -217,7 +217,7 @@ class Retry:
                 wait = max(wait, hint)
         return wait
 
-    def _stop(self, state: tenacity.RetryCallState) -> bool:
+    def _stop(self, started: float, state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= self.attempts:
             return True
         wait = state.upcoming_sleep
@@ -226,8 +226,9 @@ class Retry:
             hint = self._retry_after(exc)
             if hint is not None and hint > self.max_retry_after:
                 return True
-        if self.max_elapsed is not None and (
-            (state.seconds_since_start or 0.0) + wait > self.max_elapsed
+        if (
+            self.max_elapsed is not None
+            and self.clock.monotonic() - started + wait > self.max_elapsed
         ):
             return True
         left = remaining(self.clock)
@@ -252,7 +253,7 @@ class Retry:
         if self.budget is not None:
             self.budget.record_call()
         retrying = tenacity.AsyncRetrying(
-            stop=self._stop,
+            stop=functools.partial(self._stop, self.clock.monotonic()),
             wait=self._wait,
             retry=tenacity.retry_if_exception(self._retryable),
             sleep=self.clock.sleep,
