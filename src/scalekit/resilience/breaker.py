@@ -809,23 +809,33 @@ class CircuitBreaker:
         """Follow the shared state when it is newer than what this process last saw."""
         if shared.generation <= self._shared_gen:
             return
-        self._shared_gen = shared.generation
         state = self._state
         if state in (BreakerState.FORCED_OPEN, BreakerState.DISABLED):
             return
         if shared.state == "open" and shared.remaining > 0:
+            self._shared_gen = shared.generation
             if state is not BreakerState.OPEN or self._open_until - self._now() > shared.remaining:
                 self._to_open("opened by another process", shared.remaining, publish=False)
             else:
                 self._open_until = self._now() + shared.remaining
         elif shared.state == "closed" and state is not BreakerState.CLOSED:
+            if self._shared_gen < 0:
+                # our trip never reached the store (it was down): publish it now
+                if state is BreakerState.OPEN:
+                    self._spawn(self._store_trip(max(0.0, self._open_until - self._now())))
+                return
+            self._shared_gen = shared.generation
             self._consecutive_opens = 0
             self._transition(BreakerState.CLOSED, "closed by another process")
+        else:
+            self._shared_gen = shared.generation
 
     async def _store_sync(self) -> None:
         assert self.store is not None
+        local_gen = self._gen
         shared = await self._store_op("sync", self.store.read(self.name))
-        if shared is not None:
+        # a local transition while the read was in flight makes the answer stale
+        if shared is not None and local_gen == self._gen:
             self._adopt(shared)
 
     async def _store_trip(self, duration: float) -> None:
