@@ -154,9 +154,7 @@ async def test_half_open_reopens_when_trials_fail() -> None:
 
 async def test_open_backoff_grows_and_is_capped() -> None:
     clock = ManualClock()
-    breaker = make(
-        clock, half_open_max_calls=1, open_backoff=2.0, max_open_duration=25.0
-    )
+    breaker = make(clock, half_open_max_calls=1, open_backoff=2.0, max_open_duration=25.0)
     await open_breaker(breaker)
     expected = [20.0, 25.0, 25.0]
     for seconds in expected:

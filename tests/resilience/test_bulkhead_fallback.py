@@ -74,7 +74,12 @@ async def test_bulkhead_is_fifo() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_concurrent": 0}, {"max_concurrent": 1, "max_queue": -1}, {"max_concurrent": 1, "max_wait": -1}]
+    "kwargs",
+    [
+        {"max_concurrent": 0},
+        {"max_concurrent": 1, "max_queue": -1},
+        {"max_concurrent": 1, "max_wait": -1},
+    ],
 )
 def test_bulkhead_bad_configuration(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

@@ -76,9 +76,7 @@ async def test_breaker_sees_every_retry_attempt_and_fallback_answers() -> None:
         calls += 1
         raise ConnectionError("refused")
 
-    pipeline = Pipeline(
-        Fallback("cached"), Retry(attempts=3, wait_initial=0, clock=clock), breaker
-    )
+    pipeline = Pipeline(Fallback("cached"), Retry(attempts=3, wait_initial=0, clock=clock), breaker)
     assert await pipeline.call(down) == "cached"
     assert calls == 3
     assert breaker.state is BreakerState.OPEN

@@ -75,8 +75,11 @@ async def test_predicate_chooses_what_is_retried() -> None:
         def __init__(self, status: int) -> None:
             self.status = status
 
-    retry = Retry(attempts=3, on=lambda e: isinstance(e, HTTPError) and e.status >= 500,
-                  clock=RecordingClock())
+    retry = Retry(
+        attempts=3,
+        on=lambda e: isinstance(e, HTTPError) and e.status >= 500,
+        clock=RecordingClock(),
+    )
     five = Flaky(1, HTTPError(503))
     assert await retry.call(five) == "ok"
     four = Flaky(1, HTTPError(404))
