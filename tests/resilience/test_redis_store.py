@@ -35,8 +35,8 @@ async def fail() -> None:
     raise Boom
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -98,7 +98,7 @@ async def test_two_breakers_trip_and_recover_together(
     await eventually(lambda: _closed(b))
     raw = await clients[0].hgetall(sa.key("payments"))
     assert raw[b"state"] == b"closed"
-    assert 0 < await clients[0].pttl(sa.key("payments"))
+    assert await clients[0].pttl(sa.key("payments")) > 0
 
 
 async def _succeeds(b: CircuitBreaker) -> bool:
@@ -123,8 +123,10 @@ async def test_lua_operations_use_the_server_clock_and_are_atomic(
     store = RedisBreakerStore(clients[0], prefix=unique)
     first = await store.trip("x", 30.0)
     again = await store.trip("x", 60.0)  # already open: the end is kept
-    assert first.state == "open" and 29 < first.remaining <= 30
-    assert again.generation == first.generation and again.remaining <= 30
+    assert first.state == "open"
+    assert 29 < first.remaining <= 30
+    assert again.generation == first.generation
+    assert again.remaining <= 30
     assert not (await store.acquire_trial("x", 3, 5.0)).admitted
     await clients[0].hset(store.key("x"), "until", 0)  # open time over
     results = await asyncio.gather(*(store.acquire_trial("x", 3, 5.0) for _ in range(50)))
@@ -142,7 +144,8 @@ async def test_lua_operations_use_the_server_clock_and_are_atomic(
             slow_call_rate_threshold=1.0,
             open_seconds=10,
         )
-    assert outcome is not None and outcome.state == "closed"
+    assert outcome is not None
+    assert outcome.state == "closed"
     assert (await store.reset("x")).state == "closed"
 
 

@@ -95,7 +95,8 @@ async def test_half_open_trials_are_gated_across_processes_and_recovery_is_share
     for x in (a, b):
         await x.call(ok)
     await settle()
-    assert a.state is BreakerState.CLOSED and b.state is BreakerState.CLOSED
+    assert a.state is BreakerState.CLOSED
+    assert b.state is BreakerState.CLOSED
 
 
 async def test_failed_shared_trials_reopen_everyone() -> None:
@@ -112,7 +113,8 @@ async def test_failed_shared_trials_reopen_everyone() -> None:
         await b.call(fail)  # b's trial fails for everyone
     assert b.state is BreakerState.OPEN
     shared = await store.read("shared")
-    assert shared.state == "open" and shared.remaining == pytest.approx(10.0)
+    assert shared.state == "open"
+    assert shared.remaining == pytest.approx(10.0)
     with pytest.raises(CircuitOpenError):
         await a.call(ok)  # a's open time is over, but the store says open: a follows it
     assert a.state is BreakerState.OPEN
