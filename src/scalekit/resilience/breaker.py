@@ -468,6 +468,11 @@ class CircuitBreaker:
             if seq == rec.check_at and rec is self._fast_rec:
                 self._evaluate_closed(0.0)
             return result
+        if self._state is BreakerState.OPEN and self.store is None:
+            # reject here, not two coroutine frames down: a shorter traceback per rejection
+            now = self._now()
+            if now < self._open_until:
+                raise self._reject(self._open_until - now)
         return await self._call_slow(fn, args, kwargs)
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -496,15 +501,21 @@ class CircuitBreaker:
                 if seq == rec.check_at and rec is breaker._fast_rec:
                     evaluate(0.0)
                 return result
+            if breaker._state is BreakerState.OPEN and breaker.store is None:
+                now = breaker._now()
+                if now < breaker._open_until:
+                    raise breaker._reject(breaker._open_until - now)
             return await call_slow(fn, args, kwargs)
 
         return guarded
 
     async def __aenter__(self) -> CircuitBreaker:
-        ticket = await self._admit()
+        if self._fast_rec is not None:  # closed, local: no admission work to await
+            gen, kind = self._gen, _KIND_CLOSED
+        else:
+            gen, kind = await self._admit()
         start = self._now() if self.slow_call_duration is not None else 0.0
-        stack = _TICKETS.get()
-        _TICKETS.set((self, ticket[0], ticket[1], start, stack))
+        _TICKETS.set((self, gen, kind, start, _TICKETS.get()))
         return self
 
     async def __aexit__(
@@ -526,6 +537,8 @@ class CircuitBreaker:
             self._on_exception(exc, gen, kind, start)
             if kind == _KIND_SHARED_TRIAL:
                 await self._flush_shared()
+        elif kind == _KIND_CLOSED and self._fast_rec is not None and gen == self._gen:
+            self._record_outcome(0, gen, kind)
         else:
             await self._on_success(None, gen, kind, start)
 
