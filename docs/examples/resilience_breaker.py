@@ -1,6 +1,7 @@
 """A circuit breaker opens on a failure rate, rejects at once, probes, and closes again."""
 
 import asyncio
+import contextlib
 
 from scalekit.errors import CircuitOpenError
 from scalekit.resilience import BreakerState, CircuitBreaker, CountWindow, StateChange
@@ -37,17 +38,19 @@ async def main() -> None:
 
     # 1. the gateway fails: after 5 calls at 100% failures the breaker opens
     for i in range(5):
-        try:
+        with contextlib.suppress(PaymentGatewayError):
             await breaker.call(charge, f"o{i}")
-        except PaymentGatewayError:
-            pass
     assert breaker.state is BreakerState.OPEN
 
     # 2. open: calls are rejected without touching the gateway, with a retry hint
+    rejected: CircuitOpenError | None = None
     try:
         await breaker.call(charge, "o6")
     except CircuitOpenError as exc:
-        assert exc.name == "payments" and exc.retry_after == 30.0
+        rejected = exc
+    assert rejected is not None
+    assert rejected.name == "payments"
+    assert rejected.retry_after == 30.0
 
     # 3. after open_duration, exactly 2 trial calls decide; they succeed, so it closes
     global gateway_up
@@ -60,7 +63,8 @@ async def main() -> None:
 
     snap = breaker.snapshot()
     print(snap)
-    assert snap.total_rejected == 1 and snap.total_failures == 5
+    assert snap.total_rejected == 1
+    assert snap.total_failures == 5
     print([f"{c.previous.value}->{c.current.value}" for c in changes])
     assert [c.current for c in changes] == [
         BreakerState.OPEN,
