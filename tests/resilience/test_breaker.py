@@ -514,3 +514,25 @@ def test_circuit_open_error_is_reexported() -> None:
     from scalekit import resilience
 
     assert resilience.CircuitOpenError is CircuitOpenError
+
+
+async def test_metric_callbacks_report_outcomes_and_state() -> None:
+    from scalekit.resilience import breaker as module
+
+    b = CircuitBreaker("metrics-svc", minimum_calls=4, ignore=ClientError, clock=ManualClock())
+    await b.call(ok)
+    with pytest.raises(ClientError):
+        await b.call(fail, ClientError())
+    while b.state is BreakerState.CLOSED:
+        with pytest.raises(Boom):
+            await b.call(fail)
+    with pytest.raises(CircuitOpenError):
+        await b.call(ok)
+    mine = {"scalekit.breaker.name": "metrics-svc"}
+    calls = {
+        o.attributes["outcome"]: o.value
+        for o in module._observe_calls(None)
+        if o.attributes is not None and o.attributes["scalekit.breaker.name"] == "metrics-svc"
+    }
+    assert calls == {"success": 1, "failure": 3, "ignored": 1, "rejected": 1}
+    assert [o.value for o in module._observe_state(None) if o.attributes == mine] == [1]

@@ -274,3 +274,35 @@ async def test_two_real_processes_trip_and_recover_together(
         if child.returncode is None:
             child.kill()
             await child.wait()
+
+
+async def test_hung_or_cut_redis_costs_a_trial_at_most_the_store_timeout(
+    redis_url: str, unique: str
+) -> None:
+    from urllib.parse import urlparse
+
+    from scalekit.testing import FaultProxy
+
+    target = urlparse(redis_url)
+    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
+        client = aioredis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        store = RedisBreakerStore(client, prefix=unique, sync_interval=0.05, timeout=0.1)
+        b = breaker(store, "hung", open_duration=0.1)
+        try:
+            await b.call(ok)
+            proxy.blackhole()  # Redis answers nothing: every store call hangs until timeout
+            started = time.monotonic()
+            for _ in range(200):  # closed path never waits for the store
+                await b.call(ok)
+            assert time.monotonic() - started < 1.0
+            await trip(b)
+            await eventually(lambda: _succeeds(b))  # trials wait <= timeout, then go local
+            assert b.state is BreakerState.CLOSED
+            assert not b.snapshot().store_healthy
+            await proxy.restore()
+            await proxy.cut()  # drop the stalled connections; the client reconnects
+            await eventually(lambda: _healthy(b))
+        finally:
+            await proxy.restore()
+            await client.delete(store.key("hung"))
+            await client.aclose()
