@@ -151,3 +151,28 @@ async def test_middleware_counts_5xx_as_congestion() -> None:
         assert (await client.get("/broken")).status_code == 500
     assert limit.limit == 5
     assert limit.in_flight == 0
+
+
+async def test_middleware_passes_other_scopes_and_releases_on_app_errors() -> None:
+    limit = AdaptiveLimit(latency_threshold=5.0, initial_limit=4, backoff=0.5)
+    seen: list[str] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        seen.append(str(scope["type"]))
+        if scope["type"] == "http":
+            raise RuntimeError("handler bug")
+
+    middleware = AdaptiveLimitMiddleware(app, limit=limit)  # type: ignore[arg-type]
+
+    async def receive() -> dict[str, object]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: object) -> None:
+        return None
+
+    await middleware({"type": "lifespan"}, receive, send)
+    with pytest.raises(RuntimeError):
+        await middleware({"type": "http", "path": "/x"}, receive, send)
+    assert seen == ["lifespan", "http"]
+    assert limit.in_flight == 0
+    assert limit.limit == 2  # an app exception is a congestion signal

@@ -536,3 +536,28 @@ async def test_metric_callbacks_report_outcomes_and_state() -> None:
     }
     assert calls == {"success": 1, "failure": 3, "ignored": 1, "rejected": 1}
     assert [o.value for o in module._observe_state(None) if o.attributes == mine] == [1]
+
+
+async def test_half_open_max_wait_reopens_when_trials_hang() -> None:
+    clock = ManualClock()
+    breaker = make(clock, half_open_max_calls=1, half_open_max_wait=5.0)
+    await open_breaker(breaker)
+    await clock.advance(10.0)
+    started = asyncio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(breaker.call(hang))
+    await started.wait()
+    with pytest.raises(CircuitOpenError, match="all 1 trial calls are in flight"):
+        await breaker.call(ok)
+    await clock.advance(5.0)
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(ok)
+    assert breaker.state is BreakerState.OPEN
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.state is BreakerState.OPEN  # the stale trial's cancellation changes nothing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -176,3 +177,56 @@ async def test_a_broken_store_never_fails_the_caller(caplog: pytest.LogCaptureFi
 def test_bad_store_configuration(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         InMemoryBreakerStore(**kwargs)
+
+
+async def test_a_process_waiting_on_other_processes_trials_learns_their_verdict() -> None:
+    clock = ManualClock()
+    store = InMemoryBreakerStore(sync_interval=0.5, clock=clock)
+    a, b = pair(clock, store, half_open_max_calls=2)
+    await b.call(ok)
+    await trip(a)
+    await clock.advance(0.5)
+    await b.call(ok)
+    await settle()
+    await clock.advance(10.0)
+    gate = asyncio.Event()
+
+    async def trial() -> str:
+        await gate.wait()
+        return "ok"
+
+    # a takes one shared permit, b the other; then b's local round is used up
+    ta = asyncio.create_task(a.call(trial))
+    tb = asyncio.create_task(b.call(trial))
+    await settle()
+    with pytest.raises(CircuitOpenError):
+        await b.call(ok)
+    gate.set()
+    await asyncio.gather(ta, tb)
+    assert (await store.read("shared")).state == "closed"
+    await clock.advance(0.5)
+    for x in (a, b):  # the first reporter heard "half_open"; it learns the verdict by a read
+        with contextlib.suppress(CircuitOpenError):
+            await x.call(ok)
+    await settle()
+    for x in (a, b):
+        assert await x.call(ok) == "ok"
+        assert x.state is BreakerState.CLOSED
+
+
+async def test_an_expired_shared_trial_lease_restarts_the_trials() -> None:
+    clock = ManualClock()
+    store = InMemoryBreakerStore(sync_interval=0.5, clock=clock)
+    a, _ = pair(clock, store, half_open_max_calls=1, open_duration=2.0)
+    await trip(a)
+    await clock.advance(2.0)
+    # another process (simulated straight on the store) took the only permit and died
+    assert (await store.acquire_trial("shared", 1, 2.0)).admitted
+    with pytest.raises(CircuitOpenError):
+        await a.call(ok)  # a's local permit is refused by the store
+    await clock.advance(2.5)  # the dead holder's lease runs out
+    with contextlib.suppress(CircuitOpenError):
+        await a.call(ok)  # schedules a read of the shared state
+    await settle()
+    assert await a.call(ok) == "ok"  # a fresh trial round, decided by a
+    assert a.state is BreakerState.CLOSED

@@ -228,6 +228,8 @@ class CircuitBreaker:
         open_duration: seconds the breaker stays open before admitting trial calls.
         half_open_max_calls: trial calls admitted in half-open, however many callers race;
             their outcomes decide between closing and re-opening.
+        half_open_max_wait: seconds after which a half-open breaker whose trials have not all
+            finished re-opens (a hung trial cannot keep it half-open); ``None``: no limit.
         record: which exceptions count as failures (types or a predicate); other exceptions
             count as successes, as in Resilience4j. Default: every :class:`Exception`.
         ignore: exceptions that count as neither (e.g. HTTP 4xx); checked before ``record``.
@@ -249,6 +251,7 @@ class CircuitBreaker:
         "_consecutive_opens",
         "_fast_rec",
         "_gen",
+        "_half_open_since",
         "_ignore",
         "_instruments",
         "_listeners",
@@ -276,6 +279,7 @@ class CircuitBreaker:
         "clock",
         "failure_rate_threshold",
         "half_open_max_calls",
+        "half_open_max_wait",
         "max_open_duration",
         "minimum_calls",
         "name",
@@ -298,6 +302,7 @@ class CircuitBreaker:
         minimum_calls: int = 20,
         open_duration: float = 30.0,
         half_open_max_calls: int = 5,
+        half_open_max_wait: float | None = None,
         record: ExceptionMatcher = Exception,
         ignore: ExceptionMatcher | None = None,
         record_result: Callable[[Any], bool] | None = None,
@@ -344,6 +349,12 @@ class CircuitBreaker:
         self.minimum_calls = minimum_calls
         self.open_duration = float(open_duration)
         self.half_open_max_calls = half_open_max_calls
+        if half_open_max_wait is not None and not (
+            isinstance(half_open_max_wait, (int, float)) and half_open_max_wait > 0
+        ):
+            raise ConfigurationError(f"half_open_max_wait={half_open_max_wait!r}: must be > 0")
+        self.half_open_max_wait = None if half_open_max_wait is None else float(half_open_max_wait)
+        self._half_open_since = 0.0
         self.open_backoff = float(open_backoff)
         self.max_open_duration = None if max_open_duration is None else float(max_open_duration)
         self.clock = clock
@@ -585,6 +596,14 @@ class CircuitBreaker:
             self._to_half_open()
         # HALF_OPEN
         if self._trial_permits <= 0:
+            if self.store is not None:
+                self._maybe_sync()  # another process may have decided for everyone
+            wait = self.half_open_max_wait
+            if wait is not None and self._now() - self._half_open_since >= wait:
+                # trials that never finish must not keep the breaker half-open (resilience4j#935)
+                self._consecutive_opens += 1
+                self._to_open(f"half-open trials did not finish within {wait:g}s")
+                raise self._reject(self._open_until - self._now())
             raise self._reject(
                 0.0,
                 f"circuit breaker {self.name!r} is half-open and all "
@@ -737,6 +756,7 @@ class CircuitBreaker:
         if new is BreakerState.CLOSED:
             self._rec = self._rec.fresh()
         if new is BreakerState.HALF_OPEN:
+            self._half_open_since = self._now()
             self._trial_permits = self.half_open_max_calls
             self._trial_calls = self._trial_failures = self._trial_slow = 0
             self._pending_shared = []
@@ -820,9 +840,19 @@ class CircuitBreaker:
 
     def _adopt(self, shared: SharedState) -> None:
         """Follow the shared state when it is newer than what this process last saw."""
+        state = self._state
+        if (
+            shared.state == "half_open"
+            and shared.remaining <= 0
+            and state is BreakerState.HALF_OPEN
+            and self._trial_permits <= 0
+        ):
+            # the shared trials' lease ran out (a holder died): start a fresh local round,
+            # whose first caller re-opens the shared half-open state
+            self._transition(BreakerState.HALF_OPEN, "shared trial lease expired")
+            return
         if shared.generation <= self._shared_gen:
             return
-        state = self._state
         if state in (BreakerState.FORCED_OPEN, BreakerState.DISABLED):
             return
         if shared.state == "open" and shared.remaining > 0:
