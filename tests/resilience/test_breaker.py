@@ -561,3 +561,23 @@ async def test_half_open_max_wait_reopens_when_trials_hang() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert breaker.state is BreakerState.OPEN  # the stale trial's cancellation changes nothing
+
+
+async def test_retry_after_of_the_tripping_failure_sets_the_open_time_within_a_cap() -> None:
+    class Throttled(Exception):
+        def __init__(self, retry_after: float) -> None:
+            self.retry_after = retry_after
+
+    clock = ManualClock()
+    breaker = make(clock, minimum_calls=1, open_duration=10.0)
+    with pytest.raises(Throttled):
+        await breaker.call(fail, Throttled(45.0))
+    assert breaker.snapshot().open_remaining == pytest.approx(45.0)
+    capped = make(clock, minimum_calls=1, open_duration=10.0, max_open_duration=20.0)
+    with pytest.raises(Throttled):
+        await capped.call(fail, Throttled(45.0))
+    assert capped.snapshot().open_remaining == pytest.approx(20.0)
+    default_cap = make(clock, minimum_calls=1, open_duration=1.0)
+    with pytest.raises(Throttled):
+        await default_cap.call(fail, Throttled(3600.0))
+    assert default_cap.snapshot().open_remaining == pytest.approx(10.0)

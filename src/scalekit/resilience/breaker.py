@@ -225,7 +225,10 @@ class CircuitBreaker:
         window: :class:`CountWindow` (last N calls) or :class:`TimeWindow` (last N seconds).
         minimum_calls: calls the window must hold before the rates can open the breaker
             (capped at a count window's size).
-        open_duration: seconds the breaker stays open before admitting trial calls.
+        open_duration: seconds the breaker stays open before admitting trial calls. When the
+            failure that opens it carries a longer ``retry_after`` (a server's Retry-After, or
+            a downstream breaker's), that is used instead, capped by ``max_open_duration``
+            (default cap: ten times ``open_duration``).
         half_open_max_calls: trial calls admitted in half-open, however many callers race;
             their outcomes decide between closing and re-opening.
         half_open_max_wait: seconds after which a half-open breaker whose trials have not all
@@ -268,6 +271,7 @@ class CircuitBreaker:
         "_rec",
         "_record",
         "_record_result",
+        "_retry_after_hint",
         "_shared_gen",
         "_state",
         "_store_healthy",
@@ -355,6 +359,7 @@ class CircuitBreaker:
             raise ConfigurationError(f"half_open_max_wait={half_open_max_wait!r}: must be > 0")
         self.half_open_max_wait = None if half_open_max_wait is None else float(half_open_max_wait)
         self._half_open_since = 0.0
+        self._retry_after_hint = 0.0
         self.open_backoff = float(open_backoff)
         self.max_open_duration = None if max_open_duration is None else float(max_open_duration)
         self.clock = clock
@@ -634,7 +639,13 @@ class CircuitBreaker:
         slow_after = self.slow_call_duration
         if slow_after is not None and self._now() - start >= slow_after:
             outcome |= SLOW
+        if outcome & FAILURE:
+            # a server's Retry-After on the failure that trips the breaker sets its open time
+            hint = getattr(exc, "retry_after", None)
+            if isinstance(hint, (int, float)) and not isinstance(hint, bool) and hint > 0:
+                self._retry_after_hint = float(hint)
         self._record_outcome(outcome, gen, kind)
+        self._retry_after_hint = 0.0
 
     async def _on_success(self, result: Any, gen: int, kind: int, start: float) -> None:
         outcome = 0
@@ -722,6 +733,11 @@ class CircuitBreaker:
 
     def _open_seconds(self) -> float:
         seconds = self.open_duration * self.open_backoff**self._consecutive_opens
+        hint = self._retry_after_hint
+        if hint > seconds:
+            # honour the server's hint, within max_open_duration (or 10x open_duration)
+            cap = self.max_open_duration
+            seconds = min(hint, cap if cap is not None else 10 * self.open_duration)
         if self.max_open_duration is not None:
             seconds = min(seconds, self.max_open_duration)
         return seconds
