@@ -273,6 +273,7 @@ async def shared_loops(redis_url: str) -> list[tuple[str, Loop, Callable[[], Awa
             await call(f)
 
     async def close_sk() -> None:
+        await b.aclose()
         await client.delete(f"{prefix}:{{bench}}")
         await client.aclose()
 

@@ -51,6 +51,8 @@ async def main() -> None:
             raise AssertionError("pod B never saw the shared open state")
         print("pod B rejected calls after pod A tripped")
     finally:
+        await pod_a.aclose()  # let background store operations finish before closing clients
+        await pod_b.aclose()
         await pod_a_client.delete(RedisBreakerStore(pod_a_client, prefix=PREFIX).key("inventory"))
         await pod_a_client.aclose()
         await pod_b_client.aclose()

@@ -230,3 +230,16 @@ async def test_an_expired_shared_trial_lease_restarts_the_trials() -> None:
     await settle()
     assert await a.call(ok) == "ok"  # a fresh trial round, decided by a
     assert a.state is BreakerState.CLOSED
+
+
+async def test_aclose_waits_for_background_store_operations() -> None:
+    clock = ManualClock()
+    store = InMemoryBreakerStore(clock=clock)
+    a, _ = pair(clock, store)
+    for _ in range(3):
+        with pytest.raises(Boom):
+            await a.call(fail)  # the trip is published in the background
+    assert a._tasks
+    await a.aclose()
+    assert not a._tasks
+    assert (await store.read("shared")).state == "open"

@@ -462,6 +462,19 @@ class CircuitBreaker:
         if self.store is not None:
             self._spawn(self._store_reset())
 
+    async def aclose(self) -> None:
+        """Wait for (then cancel) this breaker's background store operations.
+
+        Call it before closing the Redis client the store uses; a local breaker has nothing
+        to close.
+        """
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.store.timeout if self.store else 0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
     # -- calling -------------------------------------------------------------------------------
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -561,6 +574,20 @@ class CircuitBreaker:
     # -- internals: admission ------------------------------------------------------------------
 
     async def _call_slow(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+        if self._state is BreakerState.CLOSED:
+            # closed but not eligible for the fast path (time window, slow-call tracking,
+            # result predicate or a store): still no extra coroutine frames
+            if self.store is not None:
+                self._maybe_sync()
+            gen = self._gen
+            start = self._now() if self.slow_call_duration is not None else 0.0
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._on_exception(exc, gen, _KIND_CLOSED, start)
+                raise
+            self._record_outcome(self._success_outcome(result, start), gen, _KIND_CLOSED)
+            return result
         gen, kind = await self._admit()
         start = self._now() if self.slow_call_duration is not None else 0.0
         try:
@@ -647,14 +674,17 @@ class CircuitBreaker:
         self._record_outcome(outcome, gen, kind)
         self._retry_after_hint = 0.0
 
-    async def _on_success(self, result: Any, gen: int, kind: int, start: float) -> None:
+    def _success_outcome(self, result: Any, start: float) -> int:
         outcome = 0
         if self._record_result is not None and self._record_result(result):
             outcome = FAILURE
         slow_after = self.slow_call_duration
         if slow_after is not None and self._now() - start >= slow_after:
             outcome |= SLOW
-        self._record_outcome(outcome, gen, kind)
+        return outcome
+
+    async def _on_success(self, result: Any, gen: int, kind: int, start: float) -> None:
+        self._record_outcome(self._success_outcome(result, start), gen, kind)
         if kind == _KIND_SHARED_TRIAL:
             await self._flush_shared()
 
