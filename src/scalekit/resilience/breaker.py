@@ -576,17 +576,46 @@ class CircuitBreaker:
     async def _call_slow(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
         if self._state is BreakerState.CLOSED:
             # closed but not eligible for the fast path (time window, slow-call tracking,
-            # result predicate or a store): still no extra coroutine frames
-            if self.store is not None:
-                self._maybe_sync()
+            # result predicate or a store): inlined, no extra coroutine frames
+            now_fn = self._now
+            store = self.store
+            if store is not None:
+                now = now_fn()
+                if now >= self._next_sync:
+                    self._next_sync = now + store.sync_interval
+                    self._spawn(self._store_sync())
             gen = self._gen
-            start = self._now() if self.slow_call_duration is not None else 0.0
+            slow_after = self.slow_call_duration
+            start = now_fn() if slow_after is not None else 0.0
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 self._on_exception(exc, gen, _KIND_CLOSED, start)
                 raise
-            self._record_outcome(self._success_outcome(result, start), gen, _KIND_CLOSED)
+            outcome = 0
+            if self._record_result is not None and self._record_result(result):
+                outcome = FAILURE
+            if slow_after is not None and now_fn() - start >= slow_after:
+                outcome |= SLOW
+            if outcome or gen != self._gen:
+                self._record_outcome(outcome, gen, _KIND_CLOSED)
+                return result
+            rec = self._rec
+            if rec.__class__ is _CountRecorder:
+                seq = rec.seq + 1
+                rec.seq = seq
+                if seq == rec.check_at:
+                    self._evaluate_closed(0.0)
+                return result
+            now = now_fn()
+            if int(now * rec.scale) == rec.current:  # same time slice: count and done
+                rec.seq += 1
+                rec.calls += 1
+                rec.ring_calls[rec.current % rec.n] += 1
+                if rec.failures or rec.slow:
+                    self._evaluate_closed(now)
+                return result
+            self._record_outcome(0, gen, _KIND_CLOSED)
             return result
         gen, kind = await self._admit()
         start = self._now() if self.slow_call_duration is not None else 0.0
