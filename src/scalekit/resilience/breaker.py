@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from opentelemetry.trace import get_current_span
+
 from scalekit._telemetry import get_logger, meter
 from scalekit.clock import SYSTEM_CLOCK, Clock, SystemClock
 from scalekit.errors import CircuitOpenError, ConfigurationError
@@ -631,6 +633,16 @@ class CircuitBreaker:
 
     def _reject(self, retry_after: float, why: str | None = None) -> CircuitOpenError:
         self._n_rejected += 1
+        span = get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "scalekit.breaker.rejected",
+                {
+                    "scalekit.breaker.name": self.name,
+                    "scalekit.breaker.state": self._state.value,
+                    "scalekit.breaker.retry_after": retry_after,
+                },
+            )
         # a fresh exception per rejection: constant cost, no traceback that grows
         return CircuitOpenError(self.name, retry_after, why)
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import tenacity
+from opentelemetry.trace import get_current_span
 
 from scalekit._telemetry import get_logger
 from scalekit.clock import SYSTEM_CLOCK, Clock
@@ -281,6 +282,16 @@ class Retry:
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
+        span = get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "scalekit.retry",
+                {
+                    "scalekit.retry.attempt": state.attempt_number,
+                    "scalekit.retry.wait": state.upcoming_sleep,
+                    "error.type": type(exc).__qualname__,
+                },
+            )
         _log.debug(
             "retrying after %s (attempt %d, waiting %.3fs)",
             type(exc).__name__,
