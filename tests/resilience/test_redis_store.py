@@ -306,3 +306,23 @@ async def test_hung_or_cut_redis_costs_a_trial_at_most_the_store_timeout(
             await proxy.restore()
             await client.delete(store.key("hung"))
             await client.aclose()
+
+
+async def test_hostile_or_corrupt_shared_data_never_fails_the_caller(
+    clients: tuple[aioredis.Redis, aioredis.Redis], unique: str
+) -> None:
+    store = RedisBreakerStore(clients[0], prefix=unique, sync_interval=0.01)
+    b = breaker(store, "corrupt")
+    key = store.key("corrupt")
+    await clients[0].hset(key, mapping={"state": "bogus", "until": "not-a-number", "gen": "x"})
+    for _ in range(5):
+        assert await b.call(ok) == "ok"
+        await asyncio.sleep(0.02)
+    await clients[0].delete(key)
+    await clients[0].set(key, "a string, not a hash")  # WRONGTYPE inside the script
+    for _ in range(5):
+        assert await b.call(ok) == "ok"
+        await asyncio.sleep(0.02)
+    assert not b.snapshot().store_healthy
+    await trip(b)  # still trips on local state
+    await b.aclose()
