@@ -315,14 +315,20 @@ async def test_hostile_or_corrupt_shared_data_never_fails_the_caller(
     b = breaker(store, "corrupt")
     key = store.key("corrupt")
     await clients[0].hset(key, mapping={"state": "bogus", "until": "not-a-number", "gen": "x"})
-    for _ in range(5):
+
+    async def synced() -> bool:  # calls succeed while the corrupt state is read
         assert await b.call(ok) == "ok"
-        await asyncio.sleep(0.02)
+        return b._shared_gen >= 0
+
+    await eventually(synced)
+    assert b.snapshot().store_healthy
     await clients[0].delete(key)
     await clients[0].set(key, "a string, not a hash")  # WRONGTYPE inside the script
-    for _ in range(5):
+
+    async def unhealthy() -> bool:
         assert await b.call(ok) == "ok"
-        await asyncio.sleep(0.02)
-    assert not b.snapshot().store_healthy
+        return not b.snapshot().store_healthy
+
+    await eventually(unhealthy)
     await trip(b)  # still trips on local state
     await b.aclose()
