@@ -9,7 +9,21 @@ and :mod:`scalekit.health`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from scalekit._version import __version__
 from scalekit.errors import CircuitOpenError, ScalekitError
 
-__all__ = ["CircuitOpenError", "ScalekitError", "__version__"]
+if TYPE_CHECKING:
+    from scalekit.resilience import CircuitBreaker
+
+__all__ = ["CircuitBreaker", "CircuitOpenError", "ScalekitError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy re-exports keep `import scalekit` cheap: the subpackage loads on first access
+    if name == "CircuitBreaker":
+        from scalekit.resilience import CircuitBreaker
+
+        return CircuitBreaker
+    raise AttributeError(f"module 'scalekit' has no attribute {name!r}")
