@@ -55,16 +55,22 @@ class CookieAction:
     header: str
 
 
-def parse_cookie_header(header: str, name: str) -> str | None:
-    """The value of cookie ``name`` in a ``Cookie`` header (``None`` if absent or oversized)."""
+def parse_cookie_header(header: str, name: str) -> list[str]:
+    """Every value of cookie ``name`` in a ``Cookie`` header, oversized values left out.
+
+    A browser sends several cookies of one name when they differ in path or domain (and a
+    sibling subdomain can plant one); the middleware uses the first that verifies.
+    """
     if name not in header:
-        return None
+        return []
+    found = []
     for part in header.split(";"):
         key, sep, value = part.partition("=")
         if sep and key.strip() == name:
             value = value.strip()
-            return value if len(value) <= _MAX_COOKIE_CHARS else None
-    return None
+            if len(value) <= _MAX_COOKIE_CHARS:
+                found.append(value)
+    return found
 
 
 class SessionCookies:
@@ -101,13 +107,13 @@ class SessionCookies:
             cookie_name, domain, path, max_age, secure, httponly, samesite
         )
 
-    def open(self, raw: str | None) -> tuple[Session, str | None, bool]:
-        """A (lazy) session for a raw cookie value: ``(session, verified_id, needs_resign)``.
+    def open(self, values: Sequence[str]) -> tuple[Session, str | None, bool]:
+        """A (lazy) session for the cookie's values: ``(session, verified_id, needs_resign)``.
 
-        A missing, malformed, oversized or badly signed cookie gives a new empty session
-        without any I/O.
+        The first value with a valid signature wins. A missing, malformed, oversized or badly
+        signed cookie gives a new empty session without any I/O.
         """
-        if raw is not None:
+        for raw in values:
             verified = self.signer.unsign(raw)
             if verified is not None:
                 session_id, newest = verified

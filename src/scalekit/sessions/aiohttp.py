@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from scalekit._drivers import require
 from scalekit._telemetry import get_logger
 from scalekit.errors import ConfigurationError, SessionStoreUnavailableError
-from scalekit.sessions._cookie import SessionCookies
+from scalekit.sessions._cookie import SessionCookies, parse_cookie_header
 from scalekit.sessions.store import Session, SessionStore
 
 if TYPE_CHECKING:
@@ -90,7 +90,8 @@ def session_middleware(
         return response
 
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        session, incoming, resign = cookies.open(request.cookies.get(cookie_name))
+        header = "; ".join(request.headers.getall("Cookie", ()))
+        session, incoming, resign = cookies.open(parse_cookie_header(header, cookie_name))
         state = _State(session, incoming, resign, fail_open)
         request[_KEY] = state
         try:

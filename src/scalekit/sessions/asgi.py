@@ -100,13 +100,12 @@ class SessionMiddleware:
         self._autoload = autoload
         self._fail_open = on_unavailable == "continue"
 
-    def _raw_cookie(self, scope: Scope) -> str | None:
+    def _raw_cookies(self, scope: Scope) -> list[str]:
+        found: list[str] = []
         for name, value in scope.get("headers", ()):
             if name == b"cookie":
-                found = parse_cookie_header(value.decode("latin-1"), self._cookie_name)
-                if found is not None:
-                    return found
-        return None
+                found += parse_cookie_header(value.decode("latin-1"), self._cookie_name)
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -114,7 +113,7 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         cookies = self._cookies
-        session, incoming, resign = cookies.open(self._raw_cookie(scope))
+        session, incoming, resign = cookies.open(self._raw_cookies(scope))
         scope["session"] = session
         if not session.loaded:
             autoload = self._autoload
