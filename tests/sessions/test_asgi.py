@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from litestar import Litestar, post
 from litestar import Request as LitestarRequest
 from litestar.middleware import DefineMiddleware
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -91,9 +91,7 @@ def make_app(store: SessionStore, race: dict[str, Any] | None = None, **options:
             Route("/ping", ping),
             WebSocketRoute("/ws", ws),
         ],
-        middleware=[
-            Middleware(SessionMiddleware, store=store, secret_keys=COOKIE_KEYS, **options)
-        ],
+        middleware=[Middleware(SessionMiddleware, store=store, secret_keys=COOKIE_KEYS, **options)],
     )
     return app
 
@@ -364,9 +362,7 @@ async def test_old_signing_key_still_verifies_and_is_resigned(
     old_app.user_middleware.clear()
     old_only = Starlette(
         routes=old_app.routes,
-        middleware=[
-            Middleware(SessionMiddleware, store=spy_store, secret_keys=[COOKIE_KEYS[1]])
-        ],
+        middleware=[Middleware(SessionMiddleware, store=spy_store, secret_keys=[COOKIE_KEYS[1]])],
     )
     old_cookie = await _logged_in_cookie(old_only)
     rotated = make_app(spy_store)  # COOKIE_KEYS: new first, old second
@@ -421,7 +417,9 @@ async def test_websocket_reads_the_session(spy_store: SessionStore) -> None:
 def test_bad_options_are_rejected(spy_store: SessionStore) -> None:
     app = make_app(spy_store)
     with pytest.raises(ConfigurationError):
-        SessionMiddleware(app, store=spy_store, secret_keys=COOKIE_KEYS, samesite="none", secure=False)
+        SessionMiddleware(
+            app, store=spy_store, secret_keys=COOKIE_KEYS, samesite="none", secure=False
+        )
     with pytest.raises(ConfigurationError):
         SessionMiddleware(app, store=spy_store, secret_keys=COOKIE_KEYS, on_unavailable="ignore")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
@@ -530,5 +528,3 @@ async def test_litestar_request_session(spy_store: SessionStore) -> None:
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         assert [(await c.post("/visit")).json()["visits"] for _ in range(3)] == [1, 2, 3]
-
-

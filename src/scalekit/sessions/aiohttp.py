@@ -17,7 +17,19 @@ if TYPE_CHECKING:
 __all__ = ["get_session", "session_middleware"]
 
 _log = get_logger(__name__)
-_KEY = "scalekit.sessions"
+_KEY: Any = None  # a web.RequestKey where aiohttp has them (3.12+), made on first use
+
+
+def _request_key() -> Any:
+    global _KEY
+    if _KEY is None:
+        web_mod = require("aiohttp.web", "aiohttp")
+        request_key = getattr(web_mod, "RequestKey", None)
+        _KEY = (
+            "scalekit.sessions" if request_key is None else request_key("scalekit.sessions", _State)
+        )
+    return _KEY
+
 
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
@@ -80,6 +92,7 @@ def session_middleware(
         samesite=samesite,
     )
     fail_open = on_unavailable == "continue"
+    key = _request_key()
 
     def unavailable() -> web.Response:
         response: web.Response = web_mod.Response(
@@ -93,7 +106,7 @@ def session_middleware(
         header = "; ".join(request.headers.getall("Cookie", ()))
         session, incoming, resign = cookies.open(parse_cookie_header(header, cookie_name))
         state = _State(session, incoming, resign, fail_open)
-        request[_KEY] = state
+        request[key] = state
         try:
             response = await handler(request)
         except web_mod.HTTPException as exc:
@@ -124,7 +137,9 @@ def session_middleware(
             raise response  # type: ignore[misc]
         return response
 
-    return middleware
+    marked: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+    marked = web_mod.middleware(middleware)  # the new-style marker aiohttp checks for
+    return marked
 
 
 async def get_session(request: web.Request) -> Session:
@@ -135,7 +150,7 @@ async def get_session(request: web.Request) -> Session:
         SessionStoreUnavailableError: the store did not answer (with ``on_unavailable="error"``
             the middleware turns it into a 503 response).
     """
-    state: Any = request.get(_KEY)
+    state: Any = request.get(_request_key())
     if not isinstance(state, _State):
         raise LookupError("no session: add scalekit.sessions.aiohttp.session_middleware(...)")
     session = state.session
