@@ -81,7 +81,7 @@ def make_app(store: SessionStore, race: dict[str, Any] | None = None, **options:
         await websocket.send_json({"user": websocket.session.user_id})  # type: ignore[attr-defined]
         await websocket.close()
 
-    app = Starlette(
+    return Starlette(
         routes=[
             Route("/login", login, methods=["POST"]),
             Route("/me", me),
@@ -93,7 +93,6 @@ def make_app(store: SessionStore, race: dict[str, Any] | None = None, **options:
         ],
         middleware=[Middleware(SessionMiddleware, store=store, secret_keys=COOKIE_KEYS, **options)],
     )
-    return app
 
 
 class RoundRobin(httpx.AsyncBaseTransport):
