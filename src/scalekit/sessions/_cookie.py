@@ -136,8 +136,7 @@ class SessionCookies:
                 if (resign and incoming is not None)
                 else None
             )
-        if session.modified:
-            await self.store.save(session)
+        await self.store.save(session)  # writes nothing when nothing changed
         current = session.id
         if current is not None:
             if current != incoming or resign:

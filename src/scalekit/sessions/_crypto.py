@@ -17,6 +17,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from scalekit.errors import ConfigurationError
 
@@ -50,7 +51,7 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
 class KeySpace:
     """Issues session ids and maps ids and user ids to Redis key names."""
 
-    __slots__ = ("_id_key", "_prefix", "_user_key")
+    __slots__ = ("_id_key", "_id_mac", "_prefix", "_user_key")
 
     def __init__(self, secret_key: str | bytes, prefix: str) -> None:
         raw = as_key_bytes(secret_key, "secret_key")
@@ -61,6 +62,7 @@ class KeySpace:
             )
         self._prefix = prefix
         self._id_key = _derive(raw, b"id")
+        self._id_mac = hmac.new(self._id_key, digestmod=hashlib.sha256)
         self._user_key = _derive(raw, b"user")
 
     @staticmethod
@@ -78,8 +80,9 @@ class KeySpace:
 
     def session_key(self, session_id: str) -> str:
         """The Redis key of a session: ``<prefix>{<tag>}:s:<HMAC(id)>``."""
-        digest = hmac.new(self._id_key, session_id.encode(), hashlib.sha256).hexdigest()
-        return f"{self._prefix}{{{session_id[:4]}}}:s:{digest}"
+        mac = self._id_mac.copy()  # copying the keyed state skips re-deriving the key pads
+        mac.update(session_id.encode())
+        return f"{self._prefix}{{{session_id[:4]}}}:s:{mac.hexdigest()}"
 
     def user_tag(self, user_id: str) -> str:
         """The 4-hex-digit slot tag of a user's sessions and index."""
@@ -111,13 +114,14 @@ class CookieSigner:
                 "all verify)"
             )
         self._keys = tuple(
-            _derive(as_key_bytes(k, f"secret_keys[{i}]"), b"cookie")
+            hmac.new(_derive(as_key_bytes(k, f"secret_keys[{i}]"), b"cookie"), None, "sha256")
             for i, k in enumerate(secret_keys)
         )
 
-    def _sig(self, key: bytes, session_id: str) -> str:
-        mac = hmac.new(key, session_id.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    def _sig(self, key: Any, session_id: str) -> str:
+        mac = key.copy()
+        mac.update(session_id.encode())
+        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
 
     def sign(self, session_id: str) -> str:
         """``<id>.<signature>`` signed with the newest key."""
