@@ -343,3 +343,20 @@ async def test_mapping_behaviour(make_store: MakeStore) -> None:
 def test_bad_configuration_is_rejected(make_store: MakeStore, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         make_store(**kwargs)
+
+
+async def test_login_on_a_session_that_ended_starts_a_fresh_one(make_store: MakeStore) -> None:
+    store = make_store()
+    session = await store.create({"cart": [1]}, user_id="u1")
+    old_id = session.id
+    assert await store.destroy_all_for_user("u1") == 1  # e.g. a password change
+    session.login("u1")
+    await store.save(session)
+    assert session.id not in (None, old_id)
+    assert session.user_id == "u1"
+    assert not session.ended
+    assert await store.count_for_user("u1") == 1
+    assert session.id is not None
+    fresh = await store.load(session.id)
+    assert fresh is not None
+    assert dict(fresh) == {"cart": [1]}

@@ -542,6 +542,14 @@ class SessionStore:
             )
             if result.outcome is not Outcome.EXISTS:
                 break
+        if result.outcome is Outcome.GONE and bind is not None:
+            # A login on a session that ended meanwhile (expired, or "log out everywhere" in
+            # this very request): the user just authenticated, so start a fresh session.
+            self._count("regenerate", "gone")
+            session._id = None
+            session._original = {}
+            await self._create(session, session.changes()[0])
+            return
         self._apply(session, result, new_id, sets, deletes, "regenerate")
         if result.outcome is Outcome.OK:
             if bind is not None:
