@@ -126,7 +126,7 @@ async def main() -> None:
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args()
-    n, repeat = (300, 3) if args.quick else (3000, 7)
+    n, repeat = (300, 3) if args.quick else (2000, 5)
     prefix = f"bench_sessions_{uuid.uuid4().hex[:8]}"
 
     from starsessions import SessionAutoloadMiddleware
