@@ -527,3 +527,32 @@ async def test_litestar_request_session(spy_store: SessionStore) -> None:
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         assert [(await c.post("/visit")).json()["visits"] for _ in range(3)] == [1, 2, 3]
+
+
+async def test_sliding_expiry_end_to_end_with_a_manual_clock() -> None:
+    from scalekit.testing import ManualClock
+
+    clock = ManualClock()
+    store = SessionStore(
+        MemorySessionBackend(),
+        secret_key=SERVER_KEY,
+        idle_timeout=900,
+        absolute_lifetime=3600,
+        touch_interval=0,
+        clock=clock,
+    )
+    app = make_app(store)
+    cookie = await _logged_in_cookie(app)
+    for _ in range(3):  # a request every 10 minutes keeps the user logged in
+        await clock.advance(600)
+        assert (await _get(app, "/me", cookie)).json()["user"] == "ada"
+    await clock.advance(901)
+    response = await _get(app, "/me", cookie)
+    assert response.json()["user"] is None
+    assert "Max-Age=0" in response.headers["set-cookie"]  # the dead cookie is deleted
+    cookie = await _logged_in_cookie(app)
+    for _ in range(5):  # active, but 3600 s after login the session ends anyway
+        await clock.advance(600)
+        assert (await _get(app, "/me", cookie)).json()["user"] == "ada"
+    await clock.advance(600)
+    assert (await _get(app, "/me", cookie)).json()["user"] is None
