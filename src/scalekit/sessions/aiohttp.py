@@ -109,9 +109,7 @@ def session_middleware(
         request[key] = state
         try:
             response = await handler(request)
-        except web_mod.HTTPException as exc:
-            if not isinstance(exc, web_mod.HTTPRedirection) and exc.status < 400:
-                raise
+        except web_mod.HTTPException as exc:  # a raised response (redirect, 403...) saves too
             response = exc
             raised = True
         except SessionStoreUnavailableError as exc:
