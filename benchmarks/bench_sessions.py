@@ -126,7 +126,7 @@ async def main() -> None:
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args()
-    n, repeat = (300, 3) if args.quick else (2000, 5)
+    n, batches = (100, 3) if args.quick else (250, 20)
     prefix = f"bench_sessions_{uuid.uuid4().hex[:8]}"
 
     from starsessions import SessionAutoloadMiddleware
@@ -156,22 +156,41 @@ async def main() -> None:
             Middleware(SessionAutoloadMiddleware),
         ),
     }
+    commands = {id(c): 0 for c in clients}
+    for client in clients:  # count Redis commands per request (deterministic, unlike timings)
+        original = client.execute_command
+
+        async def counted(
+            *args: Any, _orig: Any = original, _id: int = id(client), **kwargs: Any
+        ) -> Any:
+            commands[_id] += 1
+            return await _orig(*args, **kwargs)
+
+        client.execute_command = counted  # type: ignore[method-assign]
+    redis_of = {"scalekit, Redis": id(clients[0]), "starsessions, Redis": id(clients[1])}
+
     cookies: dict[str, str | None] = {}
     for name, app in variants.items():
         made = await call(app, "/write", None)
         cookies[name] = cookie_value(made) if made else None
 
-    results: dict[tuple[str, str], list[float]] = {}
     paths = ["/none", "/read", "/write"]
-    for name, app in variants.items():  # warm up
+    per_request: dict[tuple[str, str], float] = {}
+    for name, app in variants.items():  # warm up, and count commands
         for path in paths:
-            await rate(app, path, cookies[name], max(50, n // 20))
-    for _ in range(repeat):
+            before = commands.get(redis_of.get(name, 0), 0)
+            await rate(app, path, cookies[name], 100)
+            after = commands.get(redis_of.get(name, 0), 0)
+            per_request[(name, path)] = (after - before) / 100
+
+    # Small batches, round-robin across variants, so every variant sees the same machine noise.
+    results: dict[tuple[str, str], list[float]] = {}
+    for _ in range(batches):
         for path in paths:
             for name, app in variants.items():
                 results.setdefault((name, path), []).append(await rate(app, path, cookies[name], n))
 
-    print(f"\nsession middleware, sequential requests through ASGI: n={n} x {repeat} repeats")
+    print(f"\nsession middleware, sequential requests through ASGI: {batches} batches of {n}")
     print(f"Redis: {args.redis_url.split('@')[-1]}; median requests/s (µs per request)\n")
     header = f"{'variant':<28}" + "".join(f"{p:>24}" for p in paths)
     print(header)
@@ -191,6 +210,11 @@ async def main() -> None:
             f"{1e6 / med[(name, p)] - 1e6 / med[(bare, p)]:>23.1f}" + " " for p in paths
         )
         print(f"{name:<28}{cells}")
+    print("\nRedis commands per request (a request with a valid session cookie)\n")
+    print(header)
+    print("-" * len(header))
+    for name in redis_of:
+        print(f"{name:<28}" + "".join(f"{per_request[(name, p)]:>24.1f}" for p in paths))
     print("\nscalekit (Redis) speed vs starsessions (Redis): ratio of requests/s\n")
     for p in paths:
         ratio = med[("scalekit, Redis", p)] / med[("starsessions, Redis", p)]
