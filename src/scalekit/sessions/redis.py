@@ -26,15 +26,17 @@ if TYPE_CHECKING:
 __all__ = ["RedisSessionBackend"]
 
 _PRELUDE = """
+local function expire(key)
+  local idx = redis.call('HGET', key, '~i')
+  redis.call('DEL', key)
+  if idx then redis.call('SREM', idx, key) end
+end
 local function alive(key, now, idle, absolute)
   local m = redis.call('HMGET', key, '~c', '~t')
   if not m[1] then return nil end
   local c = tonumber(m[1])
-  local t = tonumber(m[2])
-  if now - t >= idle or now - c >= absolute then
-    local idx = redis.call('HGET', key, '~i')
-    redis.call('DEL', key)
-    if idx then redis.call('SREM', idx, key) end
+  if now - tonumber(m[2]) >= idle or now - c >= absolute then
+    expire(key)
     return nil
   end
   return c
@@ -71,13 +73,13 @@ local function plan(key, size, start)
   end
   return size
 end
-local function write(key, start)
+local function write(key, start, meta)
   local nset = tonumber(ARGV[start])
   local i = start + 1
-  local args = {}
+  local args = meta
   for k = 0, 2 * nset - 1 do
     args[#args + 1] = ARGV[i + k]
-    if #args == 1000 then
+    if #args >= 1000 then
       redis.call('HSET', key, unpack(args))
       args = {}
     end
@@ -99,14 +101,22 @@ end
 _LOAD = """
 local key = KEYS[1]
 local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local c = alive(key, now, idle, absolute)
-if not c then return false end
-local t = tonumber(redis.call('HGET', key, '~t'))
+local all = redis.call('HGETALL', key)
+local c, t
+for i = 1, #all, 2 do
+  local f = all[i]
+  if f == '~c' then c = tonumber(all[i + 1]) elseif f == '~t' then t = tonumber(all[i + 1]) end
+end
+if not c or not t then return false end
+if now - t >= idle or now - c >= absolute then
+  expire(key)
+  return false
+end
 if now - t >= tonumber(ARGV[4]) then
   redis.call('HSET', key, '~t', ARGV[1])
   redis.call('PEXPIRE', key, ttl_ms(c, now, idle, absolute))
 end
-return redis.call('HGETALL', key)
+return all
 """
 
 # KEYS: session [, index]; ARGV: now idle absolute max_bytes user version changes...
@@ -116,12 +126,12 @@ local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[
 if redis.call('EXISTS', key) == 1 then return {3, 0, 0} end
 local size = plan(key, 0, 7)
 if size > tonumber(ARGV[4]) then return {2, 0, size} end
-write(key, 7)
-redis.call('HSET', key, '~c', ARGV[1], '~t', ARGV[1], '~v', ARGV[6], '~n', size)
+local meta = {'~c', ARGV[1], '~t', ARGV[1], '~v', ARGV[6], '~n', size}
 if KEYS[2] then
-  redis.call('HSET', key, '~u', ARGV[5], '~i', KEYS[2])
-  index_add(KEYS[2], key, absolute)
+  meta[9], meta[10], meta[11], meta[12] = '~u', ARGV[5], '~i', KEYS[2]
 end
+write(key, 7, meta)
+if KEYS[2] then index_add(KEYS[2], key, absolute) end
 redis.call('PEXPIRE', key, ttl_ms(now, now, idle, absolute))
 return {1, tonumber(ARGV[6]), size}
 """
@@ -130,13 +140,17 @@ return {1, tonumber(ARGV[6]), size}
 _MERGE = """
 local key = KEYS[1]
 local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local c = alive(key, now, idle, absolute)
-if not c then return {0, 0, 0} end
-local size = plan(key, tonumber(redis.call('HGET', key, '~n')), 5)
+local m = redis.call('HMGET', key, '~c', '~t', '~n', '~v')
+if not m[1] then return {0, 0, 0} end
+local c = tonumber(m[1])
+if now - tonumber(m[2]) >= idle or now - c >= absolute then
+  expire(key)
+  return {0, 0, 0}
+end
+local size = plan(key, tonumber(m[3]), 5)
 if size > tonumber(ARGV[4]) then return {2, 0, size} end
-write(key, 5)
-local v = redis.call('HINCRBY', key, '~v', 1)
-redis.call('HSET', key, '~n', size, '~t', ARGV[1])
+local v = tonumber(m[4]) + 1
+write(key, 5, {'~n', size, '~t', ARGV[1], '~v', v})
 redis.call('PEXPIRE', key, ttl_ms(c, now, idle, absolute))
 return {1, v, size}
 """
@@ -150,12 +164,11 @@ if not c then return {0, 0, 0} end
 if redis.call('EXISTS', new) == 1 then return {3, 0, 0} end
 local size = plan(old, tonumber(redis.call('HGET', old, '~n')), 6)
 if size > tonumber(ARGV[4]) then return {2, 0, size} end
-write(old, 6)
+write(old, 6, {'~n', size, '~t', ARGV[1]})
 local idx = redis.call('HGET', old, '~i')
 if idx then redis.call('SREM', idx, old) end
 redis.call('RENAME', old, new)
 local v = redis.call('HINCRBY', new, '~v', 1)
-redis.call('HSET', new, '~n', size, '~t', ARGV[1])
 if KEYS[3] then
   c = now
   idx = KEYS[3]
