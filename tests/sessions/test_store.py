@@ -360,3 +360,22 @@ async def test_login_on_a_session_that_ended_starts_a_fresh_one(make_store: Make
     fresh = await store.load(session.id)
     assert fresh is not None
     assert dict(fresh) == {"cart": [1]}
+
+
+async def test_many_concurrent_writers_lose_nothing(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(4)]
+    created = await stores[0].create({})
+    assert created.id is not None
+    held = [await stores[i % 4].load(created.id) for i in range(20)]
+
+    async def write(i: int) -> None:
+        session = held[i]
+        assert session is not None
+        session[f"k{i}"] = i
+        await stores[i % 4].save(session)
+
+    await asyncio.gather(*(write(i) for i in range(20)))
+    final = await stores[1].load(created.id)
+    assert final is not None
+    assert dict(final) == {f"k{i}": i for i in range(20)}
+    assert final.version == 21

@@ -396,7 +396,7 @@ class SessionStore:
     async def create(
         self, data: Mapping[str, Any] | None = None, *, user_id: str | int | None = None
     ) -> Session:
-        """Create and save a session now.
+        """Create and save a session now, even an empty one, and issue its id.
 
         Args:
             data: initial keys and values.
@@ -410,7 +410,7 @@ class SessionStore:
         session = self.new(data)
         if user_id is not None:
             session.login(user_id)
-        await self.save(session)
+        await self._create(session, session.changes()[0])  # even when empty: it was asked for
         return session
 
     async def load(self, session_id: str) -> Session | None:
