@@ -379,3 +379,37 @@ async def test_many_concurrent_writers_lose_nothing(make_store: MakeStore) -> No
     assert final is not None
     assert dict(final) == {f"k{i}": i for i in range(20)}
     assert final.version == 21
+
+
+async def test_mutations_through_held_references_are_saved(make_store: MakeStore) -> None:
+    store = make_store()
+    created = await store.create({"cart": [1], "prefs": {"a": 1}, "name": "x"})
+    assert created.id is not None
+    session = await store.load(created.id)
+    assert session is not None
+    cart = session["cart"]
+    prefs = session.get("prefs")
+    assert session["name"] == "x"
+    cart.append(2)
+    await store.save(session)
+    cart.append(3)  # still watched after a save
+    prefs["b"] = 2
+    await store.save(session)
+    final = await store.load(created.id)
+    assert final is not None
+    assert dict(final) == {"cart": [1, 2, 3], "prefs": {"a": 1, "b": 2}, "name": "x"}
+    assert final.version == 3
+
+
+async def test_reading_scalars_and_iterating_keys_changes_nothing(make_store: MakeStore) -> None:
+    store = make_store()
+    created = await store.create({"n": 1, "s": "x", "cart": [1]})
+    assert created.id is not None
+    session = await store.load(created.id)
+    assert session is not None
+    assert session["n"] == 1
+    assert sorted(session) == ["cart", "n", "s"]
+    assert session.changes() == ({}, [])
+    assert dict(session) == {"n": 1, "s": "x", "cart": [1]}  # reads the list: now watched
+    assert session.changes() == ({}, [])
+    assert not session.modified

@@ -34,6 +34,7 @@ __all__ = ["Session", "SessionStore"]
 
 _T = TypeVar("_T")
 _log = get_logger(__name__)
+_IMMUTABLE = (str, int, float, bool, type(None))  # values a caller cannot change in place
 
 
 class Session(MutableMapping[str, Any]):
@@ -62,6 +63,7 @@ class Session(MutableMapping[str, Any]):
         "_pending_id",
         "_rotate",
         "_store",
+        "_touched",
         "_unavailable",
         "_user_id",
         "_version",
@@ -70,6 +72,9 @@ class Session(MutableMapping[str, Any]):
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         self._data: dict[str, Any] = {}
         self._original: dict[str, str] = {}
+        # Keys that may differ from _original: set or deleted, or read while holding a mutable
+        # value (which the caller may change in place). Only these are re-encoded on save.
+        self._touched: set[str] = set()
         self._id: str | None = None
         self._user_id: str | None = None
         self._created: float | None = None
@@ -186,23 +191,39 @@ class Session(MutableMapping[str, Any]):
         self._version = 0
         self._data.clear()
         self._original = {}
+        self._touched.clear()
         self._rotate = False
         self._bind = None
 
-    def changes(self) -> tuple[dict[str, str], list[str]]:
+    def changes(self, *, full: bool = False) -> tuple[dict[str, str], list[str]]:
         """The encoded keys to set and the keys to delete since the load or last save.
+
+        Only keys that were set, deleted, or read while holding a mutable value (a list or a
+        dict) are re-encoded and compared (``full=True`` compares every key).
 
         Raises:
             SessionDataError: a value cannot be encoded as JSON.
         """
-        original = self._original
+        original, data = self._original, self._data
         sets: dict[str, str] = {}
-        for key, value in self._data.items():
-            text = encode_value(key, value)
-            if original.get(key) != text:
-                sets[key] = text
-        deletes = [key for key in original if key not in self._data]
+        deletes: list[str] = []
+        for key in data if full else self._touched:
+            if key in data:
+                text = encode_value(key, data[key])
+                if original.get(key) != text:
+                    sets[key] = text
+            elif key in original:
+                deletes.append(key)
+        if full:
+            deletes = [key for key in original if key not in data]
         return sets, deletes
+
+    def _saved(self) -> None:
+        # Containers handed out earlier may still be mutated by the caller: keep watching them.
+        data = self._data
+        self._touched = {
+            key for key in self._touched if key in data and not isinstance(data[key], _IMMUTABLE)
+        }
 
     def _mark_unavailable(self) -> None:
         self._pending_id = None
@@ -221,17 +242,22 @@ class Session(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         self._require_loaded()
-        return self._data[key]
+        value = self._data[key]
+        if not isinstance(value, _IMMUTABLE):
+            self._touched.add(key)
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._require_loaded()
         if not isinstance(key, str):
             raise SessionDataError(f"session keys must be str, got {type(key).__name__}")
         self._data[key] = value
+        self._touched.add(key)
 
     def __delitem__(self, key: str) -> None:
         self._require_loaded()
         del self._data[key]
+        self._touched.add(key)
 
     def __iter__(self) -> Iterator[str]:
         self._require_loaded()
@@ -260,7 +286,10 @@ class Session(MutableMapping[str, Any]):
     def get(self, key: str, default: Any = None) -> Any:
         """``session[key]`` or ``default``."""
         self._require_loaded()
-        return self._data.get(key, default)
+        value = self._data.get(key, default)
+        if not isinstance(value, _IMMUTABLE) and key in self._data:
+            self._touched.add(key)
+        return value
 
     def __repr__(self) -> str:
         shown = "<not loaded>" if not self._loaded else f"{len(self._data)} keys"
@@ -410,7 +439,7 @@ class SessionStore:
         session = self.new(data)
         if user_id is not None:
             session.login(user_id)
-        await self._create(session, session.changes()[0])  # even when empty: it was asked for
+        await self._create(session, session.changes(full=True)[0])  # even empty: it was asked
         return session
 
     async def load(self, session_id: str) -> Session | None:
@@ -450,6 +479,7 @@ class SessionStore:
         self._count("load", "hit")
         session._data = data
         session._original = dict(stored.fields)
+        session._touched = set()
         session._id = session_id
         session._user_id = stored.user_id
         session._created = stored.created
@@ -548,7 +578,7 @@ class SessionStore:
             self._count("regenerate", "gone")
             session._id = None
             session._original = {}
-            await self._create(session, session.changes()[0])
+            await self._create(session, session.changes(full=True)[0])
             return
         self._apply(session, result, new_id, sets, deletes, "regenerate")
         if result.outcome is Outcome.OK:
@@ -576,6 +606,7 @@ class SessionStore:
             original.update(sets)
             for key in deletes:
                 original.pop(key, None)
+            session._saved()
             return
         if outcome is Outcome.TOO_LARGE:
             raise SessionTooLargeError(
@@ -622,6 +653,7 @@ class SessionStore:
             session._loaded = True
             session._data.clear()
             session._original = {}
+            session._touched.clear()
             session._user_id = None
             session._bind = None
             session._rotate = False
