@@ -385,9 +385,7 @@ async def test_oversized_session_raises(spy_store: SessionStore) -> None:
             await c.post("/put", params={"k": "x" * 500})
 
 
-async def test_websocket_reads_the_session(spy_store: SessionStore) -> None:
-    app = make_app(spy_store)
-    cookie = await _logged_in_cookie(app)
+async def _websocket(app: Starlette, cookie: str) -> list[dict[str, Any]]:
     scope = {
         "type": "websocket",
         "asgi": {"version": "3.0"},
@@ -411,8 +409,31 @@ async def test_websocket_reads_the_session(spy_store: SessionStore) -> None:
             inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
 
     await asyncio.wait_for(app(scope, inbox.get, send), timeout=10)
+    return sent
+
+
+async def test_websocket_reads_the_session(spy_store: SessionStore) -> None:
+    app = make_app(spy_store)
+    cookie = await _logged_in_cookie(app)
+    sent = await _websocket(app, cookie)
     texts = [m["text"] for m in sent if m["type"] == "websocket.send"]
     assert texts == ['{"user":"ada"}']
+
+
+@pytest.mark.redis
+async def test_websocket_is_refused_when_the_store_is_down(
+    redis_process: RedisProcess, unique: str
+) -> None:
+    store = _outage_store(redis_process.url, unique)
+    app = make_app(store)
+    cookie = await _logged_in_cookie(app)
+    redis_process.stop()
+    sent = await _websocket(app, cookie)
+    assert sent == [
+        {"type": "websocket.close", "code": 1011, "reason": "session store unavailable"}
+    ]
+    redis_process.start()
+    await store.aclose()
 
 
 def test_bad_options_are_rejected(spy_store: SessionStore) -> None:
