@@ -25,6 +25,8 @@ Where a standard library type fits, the error inherits it too, so a scalekit tim
     ├── SessionError
     │   ├── SessionTooLargeError (ValueError)     session data exceeds the size limit
     │   ├── SessionConflictError                  a concurrent update could not be merged
+    │   ├── SessionDataError (TypeError)          a session value cannot be stored as JSON
+    │   ├── SessionNotLoadedError (RuntimeError)  a lazy session was read before being loaded
     │   └── SessionStoreUnavailableError          the session store cannot be reached
     ├── ShardingError
     │   ├── InvalidShardKeyError (TypeError)      the key's type cannot be hashed stably
@@ -83,6 +85,8 @@ __all__ = [
     "SerializationError",
     "ServiceUnavailableError",
     "SessionConflictError",
+    "SessionDataError",
+    "SessionNotLoadedError",
     "SessionError",
     "SessionStoreUnavailableError",
     "SessionTooLargeError",
@@ -212,6 +216,14 @@ class SessionTooLargeError(SessionError, ValueError):
 
 class SessionConflictError(SessionError):
     """A concurrent update of the same session could not be merged after retrying."""
+
+
+class SessionDataError(SessionError, TypeError):
+    """A session key is not a string, or a value cannot be encoded as JSON."""
+
+
+class SessionNotLoadedError(SessionError, RuntimeError):
+    """A lazily loaded session was used before ``await session.load()``."""
 
 
 class SessionStoreUnavailableError(SessionError, ServiceUnavailableError):
