@@ -555,9 +555,9 @@ class Consumer:
             retry=retry or self.retry,
             dedup=dedup if dedup is not None else self.dedup,
         )
-        self.workers[spec.name] = worker
         if self._started:
             raise ConfigurationError("register handlers before start()")
+        self.workers[spec.name] = worker
         return worker
 
     async def start(self) -> None:
