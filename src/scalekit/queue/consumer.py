@@ -409,7 +409,7 @@ class Worker(Generic[T]):
                 HEADER_QUEUE: self.spec.name,
                 HEADER_ORIGINAL_EXCHANGE: delivery.exchange,
                 HEADER_ORIGINAL_ROUTING_KEY: delivery.routing_key,
-                HEADER_DEAD_LETTERED_AT: time.time(),
+                HEADER_DEAD_LETTERED_AT: int(time.time()),
             }
         )
         try:

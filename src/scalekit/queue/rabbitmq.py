@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
+from datetime import UTC, datetime
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -475,7 +475,11 @@ class RabbitMQBroker(Broker):
             content_type=message.content_type,
             correlation_id=message.correlation_id,
             expiration=str(message.expiration_ms) if message.expiration_ms is not None else None,
-            timestamp=int(message.timestamp if message.timestamp is not None else time.time()),
+            timestamp=(
+                datetime.fromtimestamp(message.timestamp, tz=UTC)
+                if message.timestamp is not None
+                else None
+            ),
         )
         exchange = self.exchange if message.exchange is None else message.exchange
         errors = self._aiormq.exceptions
