@@ -301,7 +301,8 @@ class Worker(Generic[T]):
             raise
         self._latencies.append(time.perf_counter() - started)
         if self.dedup is not None:
-            await self.dedup.complete(f"{self.spec.name}:{message_id}", token)
+            # The effect happened: record it even if shutdown cancels us now.
+            await asyncio.shield(self.dedup.complete(f"{self.spec.name}:{message_id}", token))
         if await delivery.ack():
             self.succeeded += 1
             self.consumer._m_processed.add(1)

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RabbitMQBroker"]
 
+_ABORT = "scalekit.queue: connection lost before the confirm"
+
 log = get_logger(__name__)
 
 
@@ -188,6 +190,8 @@ class RabbitMQBroker(Broker):
         self._get_channel: aio_pika.abc.AbstractChannel | None = None
         self._channel_lock = asyncio.Lock()
         self._node = 0
+        self._publishing: set[asyncio.Task[Any]] = set()
+        self._aborted: set[asyncio.Task[Any]] = set()
         self.reconnects = 0
         """How many times the connection was re-established after a loss."""
 
@@ -291,9 +295,17 @@ class RabbitMQBroker(Broker):
                 await self._clock.sleep(delay)
                 continue
             lost = asyncio.Event()
-            conn.close_callbacks.add(lambda *_: lost.set())
+
+            def on_close(*_: object, lost: asyncio.Event = lost) -> None:
+                lost.set()
+                self._connected.clear()
+                self._abort_publishes()
+                self._underlay = None
+
+            conn.close_callbacks.add(on_close)
             try:
-                await self._setup(conn)
+                async with asyncio.timeout(self._connect_timeout * 2):
+                    await self._setup(conn)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await conn.close()
@@ -337,6 +349,18 @@ class RabbitMQBroker(Broker):
         self._publish_channel = channel
         self._underlay = await channel.get_underlay_channel()
 
+    def _abort_publishes(self) -> None:
+        # aiormq does not reliably fail the confirm futures of a connection that died (we saw
+        # publishes wait for their whole timeout after a TCP reset): interrupt every publish
+        # still waiting; publish() turns that into ConnectionLostError and the producer
+        # republishes the message (same message_id) on the next connection. A task in
+        # _publishing has not resumed since its await, so the cancel lands inside publish().
+        for task in self._publishing:
+            if not task.done():
+                self._aborted.add(task)
+                task.cancel(_ABORT)
+        self._publishing.clear()
+
     async def _channel(self) -> aiormq.abc.AbstractChannel:
         underlay = self._underlay
         if underlay is not None and not underlay.is_closed:
@@ -347,7 +371,8 @@ class RabbitMQBroker(Broker):
         async with self._channel_lock:  # a channel error closed it: reopen, once
             if self._underlay is None or self._underlay.is_closed:
                 try:
-                    await self._open_publish_channel(conn)
+                    async with asyncio.timeout(self._connect_timeout):
+                        await self._open_publish_channel(conn)
                 except Exception as exc:
                     raise ConnectionLostError(f"cannot open a RabbitMQ channel: {exc}") from exc
             assert self._underlay is not None
@@ -466,7 +491,11 @@ class RabbitMQBroker(Broker):
 
     async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:
         """Publish one message and wait for its confirm (see :meth:`Broker.publish`)."""
-        channel = await self._channel()
+        try:
+            async with asyncio.timeout(timeout):
+                channel = await self._channel()
+        except TimeoutError:
+            raise ConnectionLostError("no RabbitMQ channel could be opened in time") from None
         spec = self._aiormq.spec
         props = spec.Basic.Properties(
             delivery_mode=2 if message.persistent else 1,
@@ -483,6 +512,9 @@ class RabbitMQBroker(Broker):
         )
         exchange = self.exchange if message.exchange is None else message.exchange
         errors = self._aiormq.exceptions
+        task = asyncio.current_task()
+        assert task is not None
+        self._publishing.add(task)
         try:
             async with asyncio.timeout(timeout):
                 result = await channel.basic_publish(
@@ -493,6 +525,14 @@ class RabbitMQBroker(Broker):
                     mandatory=mandatory,
                     wait=False,
                 )
+        except asyncio.CancelledError:
+            if task not in self._aborted:
+                raise
+            self._aborted.discard(task)
+            task.uncancel()
+            raise ConnectionLostError(
+                f"the connection dropped before RabbitMQ confirmed message {message.message_id}"
+            ) from None
         except TimeoutError:
             raise
         except errors.DeliveryError as exc:
@@ -508,6 +548,8 @@ class RabbitMQBroker(Broker):
             raise ConnectionLostError(
                 f"the connection dropped before RabbitMQ confirmed message {message.message_id}"
             ) from exc
+        finally:
+            self._publishing.discard(task)
         if isinstance(result, self._aiormq.abc.DeliveredMessage):
             raise UnroutableError(
                 f"RabbitMQ returned message {message.message_id}: no queue is bound for routing "
