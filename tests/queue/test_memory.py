@@ -1,0 +1,103 @@
+"""MemoryBroker fault injection: what users' own tests rely on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from scalekit.errors import PublishNackedError, PublishTimeoutError
+from scalekit.queue import Consumer, MemoryBroker, Message, Producer, QueueSpec
+from scalekit.testing import ManualClock
+from tests.queue.conftest import wait_for
+
+
+async def test_dropped_connection_republishes_unconfirmed_with_same_id(memory: MemoryBroker) -> None:
+    producer = Producer(memory, publish_timeout=5)
+    await producer.declare("q")
+    memory.lose_confirms(1)
+    pending = asyncio.create_task(producer.publish({"x": 1}, queue="q", message_id="keep-me"))
+    await wait_for(lambda: memory.published == 1)
+    await memory.drop_connection()
+    outcome = await pending
+    assert outcome.attempts == 2 and outcome.message_id == "keep-me"
+    ids = [m["message_id"] for m in memory.messages("q")]
+    assert ids == ["keep-me", "keep-me"]  # at-least-once: the consumer deduplicates
+
+
+async def test_lost_confirm_fails_after_bounded_time(memory: MemoryBroker) -> None:
+    producer = Producer(memory, publish_timeout=0.2)
+    await producer.declare("q")
+    memory.lose_confirms(1)
+    with pytest.raises(PublishTimeoutError, match="may still be delivered"):
+        await producer.publish({"x": 1}, queue="q")
+
+
+async def test_offline_broker_publish_times_out_then_recovers(memory: MemoryBroker) -> None:
+    producer = Producer(memory, publish_timeout=0.2)
+    await producer.declare("q")
+    memory.go_offline()
+    with pytest.raises(PublishTimeoutError, match="unreachable"):
+        await producer.publish({"x": 1}, queue="q")
+    pending = asyncio.create_task(producer.publish({"x": 2}, queue="q", timeout=5))
+    await asyncio.sleep(0)
+    memory.go_online()
+    assert (await pending).attempts == 1
+
+
+async def test_nack_is_a_typed_error(memory: MemoryBroker) -> None:
+    producer = Producer(memory)
+    await producer.declare("q")
+    memory.nack_next()
+    with pytest.raises(PublishNackedError):
+        await producer.publish({"x": 1}, queue="q")
+
+
+async def test_drop_connection_redelivers_unacked_marked_redelivered(memory: MemoryBroker) -> None:
+    producer = Producer(memory)
+    await producer.declare("q")
+    gate = asyncio.Event()
+    seen: list[tuple[str, bool]] = []
+    consumer = Consumer(memory)
+
+    @consumer.handler("q", concurrency=2)
+    async def handle(message: Message[object]) -> None:
+        seen.append((message.message_id, message.redelivered))
+        await gate.wait()
+
+    async with consumer:
+        await producer.publish({"x": 1}, queue="q", message_id="a")
+        await wait_for(lambda: len(seen) == 1)
+        await memory.drop_connection()
+        await wait_for(lambda: len(seen) == 2)
+        gate.set()
+    assert seen == [("a", False), ("a", True)]
+
+
+async def test_delivery_limit_dead_letters(memory: MemoryBroker) -> None:
+    spec = QueueSpec("q", delivery_limit=1)
+    await memory.declare(spec)
+    await Producer(memory).publish({"x": 1}, queue="q")
+    for _ in range(2):
+        d = await memory.get("q")
+        assert d is not None
+        await d.reject(requeue=True)
+    assert [m["headers"]["x-death"][0]["reason"] for m in memory.messages(spec.dlq)] == [
+        "delivery_limit"
+    ]
+
+
+async def test_delays_follow_a_manual_clock() -> None:
+    clock = ManualClock()
+    async with MemoryBroker(clock=clock) as broker:
+        producer = Producer(broker)
+        await producer.declare("q")
+        await producer.publish({"x": 1}, queue="q", delay=60)
+        assert (await broker.queue_stats("q")).messages == 0
+        await wait_for(lambda: clock.sleepers == 1)
+        await clock.advance(61)
+        await wait_for(lambda: _ready(broker))
+
+
+async def _ready(broker: MemoryBroker) -> bool:
+    return (await broker.queue_stats("q")).messages == 1
