@@ -228,7 +228,10 @@ class Producer:
         deadline = start + budget
         attempts = 0
         try:
-            async with asyncio.timeout(budget):
+            if self._window.locked():  # the window is full: wait, but not past the budget
+                async with asyncio.timeout(budget):
+                    await self._window.acquire()
+            else:
                 await self._window.acquire()
         except TimeoutError:
             self._failed += 1

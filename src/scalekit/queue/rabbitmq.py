@@ -491,11 +491,13 @@ class RabbitMQBroker(Broker):
 
     async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:
         """Publish one message and wait for its confirm (see :meth:`Broker.publish`)."""
-        try:
-            async with asyncio.timeout(timeout):
-                channel = await self._channel()
-        except TimeoutError:
-            raise ConnectionLostError("no RabbitMQ channel could be opened in time") from None
+        channel = self._underlay
+        if channel is None or channel.is_closed:
+            try:
+                async with asyncio.timeout(timeout):
+                    channel = await self._channel()
+            except TimeoutError:
+                raise ConnectionLostError("no RabbitMQ channel could be opened in time") from None
         spec = self._aiormq.spec
         props = spec.Basic.Properties(
             delivery_mode=2 if message.persistent else 1,
