@@ -110,7 +110,10 @@ async def _fill(url: str, name: str, n: int, qtype: str, exchange: str | None = 
             *(
                 producer.send(
                     OutgoingMessage(
-                        routing_key=name, exchange="", body=RAW, message_id=uuid.uuid4().hex,
+                        routing_key=name,
+                        exchange="",
+                        body=RAW,
+                        message_id=uuid.uuid4().hex,
                         content_type="application/json",
                     )
                 )
@@ -209,7 +212,9 @@ Case = Callable[[str, int, str], Awaitable[float]]
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    ap.add_argument(
+        "--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    )
     ap.add_argument("--queue-type", default="classic", choices=["classic", "quorum"])
     args = ap.parse_args()
     n_slow, n_fast, repeat = (300, 2000, 1) if args.quick else (1500, 10000, 3)
@@ -217,7 +222,7 @@ async def main() -> None:
         ("aio-pika, await each publish", bench_aio_pika_each, n_slow),
         ("aio-pika, 256 in flight", bench_aio_pika_window, n_fast),
         ("FastStream, await each publish", bench_faststream, n_slow),
-        ("scalekit Producer (window 2048)", bench_scalekit, n_fast),
+        ("scalekit Producer (window 512)", bench_scalekit, n_fast),
     ]
     consume: list[tuple[str, Case, int]] = [
         ("aio-pika, manual ack, prefetch 256", consume_aio_pika, n_fast),

@@ -23,12 +23,12 @@ async def main() -> None:
             publishing = asyncio.create_task(
                 producer.publish({"to": "ada@example.com"}, queue="emails")
             )
-            while broker.published == 0:
+            while broker.published == 0:  # noqa: ASYNC110
                 await asyncio.sleep(0)
             await broker.drop_connection()  # ...and the connection drops: it is republished
             outcome = await publishing
             assert outcome.attempts == 2  # delivered twice, same message_id
-            while consumer.workers["emails"].stats().duplicates == 0:
+            while consumer.workers["emails"].stats().duplicates == 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         assert sent == ["ada@example.com"]  # the dedup store skipped the copy
         print("sent once:", sent)

@@ -72,7 +72,8 @@ async def main() -> None:
                     await asyncio.sleep(0.02)
                 assert sorted(resized) == [0, 1, 2, 3, 4]
                 [dead] = await letters.inspect()
-                assert dead.reason == "failed" and dead.attempts == 3
+                assert dead.reason == "failed"
+                assert dead.attempts == 3
                 assert dead.error == "ValueError: width must be positive, got 0"
                 print("resized", sorted(resized), "dead letter:", dead.error)
         finally:

@@ -11,8 +11,10 @@ import pytest
 from scalekit.queue import Broker, MemoryBroker, QueueSpec, RabbitMQBroker
 
 
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = ""
+async def wait_for(  # noqa: ASYNC109, RUF100
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 15.0,  # noqa: ASYNC109
+    what: str = "",
 ) -> None:
     """Poll ``condition`` until true; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()

@@ -29,7 +29,9 @@ class Job:
     name: str
 
 
-async def test_publish_returns_confirmed_outcome_and_consumer_acks(broker: Broker, qname: str) -> None:
+async def test_publish_returns_confirmed_outcome_and_consumer_acks(
+    broker: Broker, qname: str
+) -> None:
     producer = Producer(broker)
     await producer.declare(qname)
     seen: list[Job] = []
@@ -41,7 +43,8 @@ async def test_publish_returns_confirmed_outcome_and_consumer_acks(broker: Broke
 
     async with consumer:
         outcome = await producer.publish(Job(1, "a"), queue=qname, message_id="m-1")
-        assert outcome.message_id == "m-1" and outcome.attempts == 1
+        assert outcome.message_id == "m-1"
+        assert outcome.attempts == 1
         assert outcome.routing_key == qname
         await wait_for(lambda: len(seen) == 1)
     assert seen == [Job(1, "a")]
@@ -60,11 +63,14 @@ async def test_many_concurrent_publishes_all_consumed_once(broker: Broker, qname
         seen.append(message.body["i"])
 
     async with consumer:
-        results = await asyncio.gather(*(producer.publish({"i": i}, queue=qname) for i in range(500)))
+        results = await asyncio.gather(
+            *(producer.publish({"i": i}, queue=qname) for i in range(500))
+        )
         assert len({r.message_id for r in results}) == 500
         await wait_for(lambda: len(seen) == 500)
     assert sorted(seen) == list(range(500))
-    assert producer.stats().confirmed == 500 and producer.stats().in_flight == 0
+    assert producer.stats().confirmed == 500
+    assert producer.stats().in_flight == 0
 
 
 async def test_unroutable_message_is_an_error(broker: Broker, qname: str) -> None:
@@ -109,9 +115,11 @@ async def test_failing_handler_retried_then_dead_lettered_with_headers(
     assert attempts == [1, 2, 3]
     [letter] = await letters.inspect()
     assert letter.message_id == "poison-1"
-    assert letter.reason == "failed" and letter.attempts == 3
+    assert letter.reason == "failed"
+    assert letter.attempts == 3
     assert letter.error == "RuntimeError: downstream said no"
-    assert letter.routing_key == qname and letter.queue == qname
+    assert letter.routing_key == qname
+    assert letter.queue == qname
     assert await letters.count() == 1  # inspect leaves it there
 
 
@@ -181,14 +189,18 @@ async def test_invalid_json_with_json_content_type_is_dead_lettered(
     async with consumer:
         await producer.send(
             OutgoingMessage(
-                routing_key=qname, body=b"\xff\xfe{", message_id="bad", content_type="application/json"
+                routing_key=qname,
+                body=b"\xff\xfe{",
+                message_id="bad",
+                content_type="application/json",
             )
         )
         letters = DeadLetters(broker, qname)
         await wait_for(lambda: _count(letters, 1))
     assert called == []
     [letter] = await DeadLetters(broker, qname).inspect()
-    assert letter.reason == "undecodable" and "JSON" in (letter.error or "")
+    assert letter.reason == "undecodable"
+    assert "JSON" in (letter.error or "")
 
 
 async def test_delayed_publish_arrives_after_the_delay(broker: Broker, qname: str) -> None:
@@ -257,7 +269,9 @@ async def test_dedup_store_skips_a_redelivered_message(broker: Broker, qname: st
     assert sorted(processed) == ["other-id", "same-id"]
 
 
-async def test_failed_handler_releases_dedup_claim_so_retry_runs(broker: Broker, qname: str) -> None:
+async def test_failed_handler_releases_dedup_claim_so_retry_runs(
+    broker: Broker, qname: str
+) -> None:
     producer = Producer(broker)
     await producer.declare(qname)
     attempts: list[int] = []
@@ -299,7 +313,8 @@ async def test_graceful_shutdown_finishes_in_flight_and_requeues_the_rest(
     release.set()
     cancelled = await stopping
     assert cancelled == 0
-    assert sorted(finished) == sorted(started) and len(finished) == 2
+    assert sorted(finished) == sorted(started)
+    assert len(finished) == 2
     # the 8 never started are back in the queue for another consumer
     await wait_for(lambda: _depth(broker, qname, 8))
 

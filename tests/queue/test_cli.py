@@ -18,8 +18,13 @@ pytestmark = pytest.mark.rabbitmq
 async def _cli(*args: str) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "scalekit.queue", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        sys.executable,
+        "-m",
+        "scalekit.queue",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
@@ -53,8 +58,10 @@ async def test_cli_lists_and_replays_dead_letters(
         assert {r["message_id"] for r in rows} == {"cli-a", "cli-b"}
         assert all(r["reason"] == "failed" for r in rows)
         broken["on"] = False
-        code, out = await _cli(*base, "dlq", "replay", queue, "--message-id", "cli-b", "--rate", "100")
-        assert code == 0 and "replayed 1" in out, out
+        code, out = await _cli(
+            *base, "dlq", "replay", queue, "--message-id", "cli-b", "--rate", "100"
+        )
+        assert code == 0 and "replayed 1" in out, out  # noqa: PT018
         await wait_for(lambda: done == ["b"])
         code, out = await _cli(*base, "depth", f"{queue}.dlq")
         assert json.loads(out)["messages"] == 1
@@ -67,5 +74,9 @@ async def _count(letters: DeadLetters, n: int) -> bool:
 async def test_cli_reports_unreachable_broker_cleanly(unique: str) -> None:
     from tests.support.processes import free_port
 
-    code, out = await _cli("--url", f"amqp://u:secret@127.0.0.1:{free_port()}/", "dlq", "count", "q")
-    assert code == 1 and "error:" in out and "secret" not in out
+    code, out = await _cli(
+        "--url", f"amqp://u:secret@127.0.0.1:{free_port()}/", "dlq", "count", "q"
+    )
+    assert code == 1
+    assert "error:" in out
+    assert "secret" not in out

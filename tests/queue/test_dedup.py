@@ -8,8 +8,15 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from scalekit.queue import Claim, MemoryBroker, Consumer, Message, PostgresInbox, Producer
-from scalekit.queue import RedisDedupStore
+from scalekit.queue import (
+    Claim,
+    Consumer,
+    MemoryBroker,
+    Message,
+    PostgresInbox,
+    Producer,
+    RedisDedupStore,
+)
 from tests.queue.conftest import wait_for
 
 

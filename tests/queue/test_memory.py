@@ -12,7 +12,9 @@ from scalekit.testing import ManualClock
 from tests.queue.conftest import wait_for
 
 
-async def test_dropped_connection_republishes_unconfirmed_with_same_id(memory: MemoryBroker) -> None:
+async def test_dropped_connection_republishes_unconfirmed_with_same_id(
+    memory: MemoryBroker,
+) -> None:
     producer = Producer(memory, publish_timeout=5)
     await producer.declare("q")
     memory.lose_confirms(1)
@@ -20,7 +22,8 @@ async def test_dropped_connection_republishes_unconfirmed_with_same_id(memory: M
     await wait_for(lambda: memory.published == 1)
     await memory.drop_connection()
     outcome = await pending
-    assert outcome.attempts == 2 and outcome.message_id == "keep-me"
+    assert outcome.attempts == 2
+    assert outcome.message_id == "keep-me"
     ids = [m["message_id"] for m in memory.messages("q")]
     assert ids == ["keep-me", "keep-me"]  # at-least-once: the consumer deduplicates
 

@@ -8,8 +8,15 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from scalekit.queue import Consumer, Message, Outbox, OutboxMessage, OutboxRelay, Producer
-from scalekit.queue import RabbitMQBroker
+from scalekit.queue import (
+    Consumer,
+    Message,
+    Outbox,
+    OutboxMessage,
+    OutboxRelay,
+    Producer,
+    RabbitMQBroker,
+)
 from tests.queue.conftest import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -39,7 +46,7 @@ async def test_rolled_back_transaction_publishes_nothing_committed_one_publishes
     producer = Producer(rabbit)
     await producer.declare(queue)
     async with pool.acquire() as conn:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError):  # noqa: PT012
             async with conn.transaction():
                 await conn.execute(f"INSERT INTO {unique}_orders VALUES (1)")
                 await outbox.add(conn, OutboxMessage({"order": 1}, queue=queue))
@@ -51,7 +58,9 @@ async def test_rolled_back_transaction_publishes_nothing_committed_one_publishes
     assert await relay.drain() == 1
     assert await outbox.pending(pool) == 0
     got = await rabbit.get(queue)
-    assert got is not None and got.message_id == mid and got.body == b'{"order":2}'
+    assert got is not None
+    assert got.message_id == mid
+    assert got.body == b'{"order":2}'
     await got.ack()
     assert await rabbit.get(queue) is None
 
@@ -87,7 +96,9 @@ async def test_two_relays_keep_per_key_order_and_publish_each_row_once(
     await producer.declare(queue)
     async with pool.acquire() as conn, conn.transaction():
         for i in range(30):
-            await outbox.add(conn, OutboxMessage({"key": f"k{i % 3}", "seq": i}, queue=queue, key=f"k{i % 3}"))
+            await outbox.add(
+                conn, OutboxMessage({"key": f"k{i % 3}", "seq": i}, queue=queue, key=f"k{i % 3}")
+            )
     seen: list[dict[str, object]] = []
     consumer = Consumer(rabbit)
 
@@ -102,7 +113,8 @@ async def test_two_relays_keep_per_key_order_and_publish_each_row_once(
     assert sum(r.published for r in relays) == 30
     for k in ("k0", "k1", "k2"):
         seqs = [m["seq"] for m in seen if m["key"] == k]
-        assert seqs == sorted(seqs) and len(seqs) == 10
+        assert seqs == sorted(seqs)
+        assert len(seqs) == 10
 
 
 async def test_relay_wakes_on_notify(
@@ -129,5 +141,7 @@ async def test_unroutable_row_is_kept_and_retried_later(
     relay = OutboxRelay(outbox, pool, producer)
     assert await relay.relay_once() == 0
     row = await pool.fetchrow(f"SELECT attempts, last_error FROM {outbox.table}")
-    assert row is not None and row["attempts"] == 1 and "UnroutableError" in row["last_error"]
+    assert row is not None
+    assert row["attempts"] == 1
+    assert "UnroutableError" in row["last_error"]
     assert await outbox.pending(pool) == 1

@@ -36,7 +36,9 @@ def test_bytes_pass_through_with_octet_stream() -> None:
 @pytest.mark.parametrize("body", [D(1), {"a": 1, "b": "x"}, P(a=1)])
 def test_models_encode_as_json(body: object) -> None:
     data, ctype = encode_body(body, max_bytes=100)
-    assert ctype == "application/json" and data.startswith(b"{") and b'"a":1' in data
+    assert ctype == "application/json"
+    assert data.startswith(b"{")
+    assert b'"a":1' in data
 
 
 def test_size_limit() -> None:
@@ -75,12 +77,14 @@ def test_retry_delays_grow_capped_with_bounded_jitter() -> None:
     for n in range(1, 6):
         base, ttl = policy.delay_ms(n, rng=rng)
         assert 0.8 * base <= ttl <= base
-    assert policy.should_retry(5, RuntimeError()) and not policy.should_retry(6, RuntimeError())
+    assert policy.should_retry(5, RuntimeError())
+    assert not policy.should_retry(6, RuntimeError())
 
 
 def test_retry_on_limits_which_errors_retry() -> None:
     policy = RetryPolicy(retry_on=(ConnectionError,))
-    assert policy.should_retry(1, ConnectionError()) and not policy.should_retry(1, ValueError())
+    assert policy.should_retry(1, ConnectionError())
+    assert not policy.should_retry(1, ValueError())
 
 
 @pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"jitter": 1.0}, {"initial_delay": 0}])

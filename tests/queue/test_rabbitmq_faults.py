@@ -167,7 +167,7 @@ async def test_connect_to_unreachable_node_raises_broker_unavailable(unique: str
     broker = RabbitMQBroker(
         f"amqp://guest:guest@127.0.0.1:{free_port()}/", exchange=unique, connect_timeout=0.3
     )
-    with pytest.raises(BrokerUnavailableError, match="guest:\\*\\*\\*|127.0.0.1"):
+    with pytest.raises(BrokerUnavailableError, match=r"127\.0\.0\.1"):
         await broker.connect()
     await broker.aclose()
 
@@ -228,8 +228,14 @@ async def test_sigkilled_consumer_unacked_messages_are_redelivered_to_another(
     await producer.declare(queue)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _WORKER, amqp_url, unique, queue,
-        stdout=asyncio.subprocess.PIPE, env=env,
+        sys.executable,
+        "-c",
+        _WORKER,
+        amqp_url,
+        unique,
+        queue,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         assert proc.stdout is not None
@@ -301,4 +307,5 @@ async def test_delivery_limit_dead_letters_a_message_that_keeps_coming_back(
     from scalekit.queue import DeadLetters
 
     [letter] = await DeadLetters(rabbit, spec).inspect()
-    assert letter.message_id == "crashy" and letter.reason == "delivery_limit"
+    assert letter.message_id == "crashy"
+    assert letter.reason == "delivery_limit"

@@ -68,8 +68,11 @@ async def _run(args: argparse.Namespace) -> int:
     async with RabbitMQBroker(args.url, exchange=args.exchange) as broker:
         if args.command == "depth":
             stats = await broker.queue_stats(args.queue)
-            print(json.dumps({"queue": stats.name, "messages": stats.messages,
-                              "consumers": stats.consumers}))
+            print(
+                json.dumps(
+                    {"queue": stats.name, "messages": stats.messages, "consumers": stats.consumers}
+                )
+            )
             return 0
         letters = DeadLetters(broker, args.queue)
         if args.action == "count":
@@ -78,13 +81,19 @@ async def _run(args: argparse.Namespace) -> int:
         where = _filter(args)
         if args.action == "list":
             for letter in await letters.inspect(limit=args.limit, where=where):  # type: ignore[arg-type]
-                print(json.dumps({
-                    "message_id": letter.message_id, "reason": letter.reason,
-                    "error": letter.error, "attempts": letter.attempts,
-                    "routing_key": letter.routing_key,
-                    "dead_lettered_at": letter.dead_lettered_at,
-                    "body": letter.body.decode("utf-8", "replace")[:500],
-                }))
+                print(
+                    json.dumps(
+                        {
+                            "message_id": letter.message_id,
+                            "reason": letter.reason,
+                            "error": letter.error,
+                            "attempts": letter.attempts,
+                            "routing_key": letter.routing_key,
+                            "dead_lettered_at": letter.dead_lettered_at,
+                            "body": letter.body.decode("utf-8", "replace")[:500],
+                        }
+                    )
+                )
             return 0
         if args.action == "replay":
             n = await letters.replay(where=where, limit=args.limit, rate=args.rate)  # type: ignore[arg-type]

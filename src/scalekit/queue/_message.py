@@ -215,9 +215,7 @@ def _validate(value: Any, model: Any) -> Any:
         names = {f.name for f in dataclasses.fields(model) if f.init}
         unknown = set(value) - names
         if unknown:
-            raise MessageDecodeError(
-                f"unexpected fields {sorted(unknown)} for {model.__name__}"
-            )
+            raise MessageDecodeError(f"unexpected fields {sorted(unknown)} for {model.__name__}")
         try:
             return model(**value)
         except TypeError as exc:

@@ -161,6 +161,11 @@ class Worker(Generic[T]):
         self._latencies: deque[float] = deque(maxlen=256)
 
     @property
+    def stopping(self) -> bool:
+        """Whether intake has stopped (graceful shutdown in progress)."""
+        return self._stopping
+
+    @property
     def queue(self) -> str:
         """The queue this worker consumes."""
         return self.spec.name
@@ -204,7 +209,7 @@ class Worker(Generic[T]):
         if sub is not None:
             await sub.cancel()
 
-    async def drain(self, timeout: float) -> int:
+    async def drain(self, timeout: float) -> int:  # noqa: ASYNC109
         """Wait for running handlers; cancel what is still running after ``timeout``."""
         pending = {t for t in self._tasks if not t.done()}
         if pending:
@@ -226,7 +231,7 @@ class Worker(Generic[T]):
                 return
             await self._limiter.acquire()
             try:
-                if self._stopping:
+                if self.stopping:  # stop() may have run while we waited for a slot
                     await delivery.reject(requeue=True)
                     return
                 await self._process(delivery)
@@ -571,7 +576,7 @@ class Consumer:
         for worker in self.workers.values():
             await worker.start()
 
-    async def stop(self, timeout: float | None = None) -> int:
+    async def stop(self, timeout: float | None = None) -> int:  # noqa: ASYNC109
         """Stop taking messages, let running handlers finish, requeue the rest.
 
         Args:

@@ -73,7 +73,7 @@ class Producer:
         broker: Broker,
         *,
         publish_timeout: float = 30.0,
-        max_in_flight: int = 2048,
+        max_in_flight: int = 512,
         max_message_bytes: int = 1024 * 1024,
         schema_version: str = "1",
         mandatory: bool = True,
@@ -138,7 +138,7 @@ class Producer:
         delay: float | None = None,
         correlation_id: str | None = None,
         schema_version: str | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Confirmed:
         """Publish ``body`` and wait for the broker's confirm.
 
@@ -214,7 +214,7 @@ class Producer:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
 
-    async def send(self, message: OutgoingMessage, *, timeout: float | None = None) -> Confirmed:
+    async def send(self, message: OutgoingMessage, *, timeout: float | None = None) -> Confirmed:  # noqa: ASYNC109
         """Publish an already-encoded message (the outbox relay and dead-letter replay use this).
 
         Raises:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from scalekit._drivers import require
@@ -71,7 +71,7 @@ class _RabbitDelivery(Delivery):
         props = message.header.properties
         delivery = message.delivery
         self._channel = message.channel
-        self._tag = delivery.delivery_tag  # type: ignore[union-attr]
+        self._tag: int = delivery.delivery_tag  # type: ignore[union-attr,assignment]
         self._settled = False
         self.body = message.body
         self.headers = props.headers or {}
@@ -242,7 +242,7 @@ class RabbitMQBroker(Broker):
         """Whether a connection is up and set up right now."""
         return self._connected.is_set()
 
-    async def wait_connected(self, timeout: float) -> None:
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until connected.
 
         Raises:
@@ -266,7 +266,7 @@ class RabbitMQBroker(Broker):
 
     def _backoff(self, failures: int) -> float:
         delay = min(self._reconnect_max, self._reconnect_initial * 2 ** min(failures, 30))
-        return delay * (0.5 + random.random() / 2)
+        return float(delay * (0.5 + random.random() / 2))
 
     async def _supervise(self) -> None:
         failures = 0
@@ -336,10 +336,10 @@ class RabbitMQBroker(Broker):
         for spec in list(self._specs.values()):
             await self._declare_on(conn, spec)
         for queue, delays in list(self._delays.items()):
-            spec = self._specs.get(queue)
-            if spec is not None:
+            known = self._specs.get(queue)
+            if known is not None:
                 for delay_ms in list(delays):
-                    await self._declare_delay_on(conn, spec, delay_ms)
+                    await self._declare_delay_on(conn, known, delay_ms)
         for sub in list(self._subscriptions):
             if not sub.cancelled:
                 await sub.start(conn)
@@ -392,7 +392,9 @@ class RabbitMQBroker(Broker):
         try:
             exchange = await channel.declare_exchange(self.exchange, "direct", durable=True)
             if spec.dead_letter:
-                await channel.declare_queue(spec.dlq, durable=True, arguments=self._queue_args(spec))
+                await channel.declare_queue(
+                    spec.dlq, durable=True, arguments=self._queue_args(spec)
+                )
             extra: dict[str, Any] = {}
             if spec.dead_letter:
                 extra["x-dead-letter-exchange"] = ""
@@ -430,7 +432,9 @@ class RabbitMQBroker(Broker):
             extra["x-overflow"] = "reject-publish"
         channel = await conn.channel(publisher_confirms=False)
         try:
-            await channel.declare_queue(name, durable=True, arguments=self._queue_args(spec, **extra))
+            await channel.declare_queue(
+                name, durable=True, arguments=self._queue_args(spec, **extra)
+            )
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -489,7 +493,7 @@ class RabbitMQBroker(Broker):
 
     # -- publishing -----------------------------------------------------------------------------
 
-    async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:
+    async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:  # noqa: ASYNC109
         """Publish one message and wait for its confirm (see :meth:`Broker.publish`)."""
         channel = self._underlay
         if channel is None or channel.is_closed:
@@ -525,7 +529,7 @@ class RabbitMQBroker(Broker):
                     routing_key=message.routing_key,
                     properties=props,
                     mandatory=mandatory,
-                    wait=False,
+                    wait=False,  # type: ignore[call-arg]  # aiormq.Channel accepts it
                 )
         except asyncio.CancelledError:
             if task not in self._aborted:

@@ -144,22 +144,27 @@ class QueueMetrics:
         self.last: dict[str, QueueSample] = {}
         m = meter()
         m.create_observable_gauge(
-            "scalekit.queue.depth", [self._observe_depth], unit="{message}",
+            "scalekit.queue.depth",
+            [self._observe_depth],
+            unit="{message}",
             description="ready messages in the queue",
         )
         m.create_observable_gauge(
-            "scalekit.queue.consumers", [self._observe_consumers], unit="{consumer}",
+            "scalekit.queue.consumers",
+            [self._observe_consumers],
+            unit="{consumer}",
             description="consumers attached to the queue",
         )
         m.create_observable_gauge(
-            "scalekit.queue.in_flight", [self._observe_in_flight], unit="{message}",
+            "scalekit.queue.in_flight",
+            [self._observe_in_flight],
+            unit="{message}",
             description="handlers running",
         )
 
     def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(s.messages, {"messaging.destination.name": q})
-            for q, s in self.last.items()
+            Observation(s.messages, {"messaging.destination.name": q}) for q, s in self.last.items()
         ]
 
     def _observe_consumers(self, options: CallbackOptions) -> Iterable[Observation]:
