@@ -75,7 +75,13 @@ async def test_cli_reports_unreachable_broker_cleanly(unique: str) -> None:
     from tests.support.processes import free_port
 
     code, out = await _cli(
-        "--url", f"amqp://u:secret@127.0.0.1:{free_port()}/", "dlq", "count", "q"
+        "--url",
+        f"amqp://u:secret@127.0.0.1:{free_port()}/",
+        "--connect-timeout",
+        "0.5",
+        "dlq",
+        "count",
+        "q",
     )
     assert code == 1
     assert "error:" in out

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scalekit.queue", description=__doc__.split("\n")[0])
     p.add_argument("--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1/"))
     p.add_argument("--exchange", default="scalekit")
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
     sub = p.add_subparsers(dest="command", required=True)
     depth = sub.add_parser("depth", help="ready messages and consumers of a queue")
     depth.add_argument("queue")
@@ -65,7 +66,9 @@ def _filter(args: argparse.Namespace) -> object:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with RabbitMQBroker(args.url, exchange=args.exchange) as broker:
+    async with RabbitMQBroker(
+        args.url, exchange=args.exchange, connect_timeout=args.connect_timeout
+    ) as broker:
         if args.command == "depth":
             stats = await broker.queue_stats(args.queue)
             print(
