@@ -18,6 +18,7 @@ from scalekit.queue import (
     RedisDedupStore,
 )
 from tests.queue.conftest import wait_for
+from tests.support.processes import RedisProcess
 
 
 @pytest.fixture
@@ -76,3 +77,35 @@ async def test_postgres_inbox_runs_handler_once_in_its_transaction(
     finally:
         await pool.execute(f"DROP TABLE {unique}_effects; DROP TABLE {inbox.table}")
         await pool.close()
+
+
+@pytest.mark.redis
+async def test_consumer_holds_messages_while_redis_dedup_is_down_then_processes_once(
+    redis_process: RedisProcess, unique: str
+) -> None:
+    client = aioredis.from_url(redis_process.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    store = RedisDedupStore(client, prefix=f"{unique}:", ttl=60, lease=30)
+    processed: list[str] = []
+    try:
+        async with MemoryBroker() as broker:
+            producer = Producer(broker)
+            await producer.declare("jobs")
+            consumer = Consumer(broker, dedup=store)
+
+            @consumer.handler("jobs")
+            async def handle(message: Message[object]) -> None:
+                processed.append(message.message_id)
+
+            async with consumer:
+                redis_process.stop()
+                await producer.publish({"x": 1}, queue="jobs", message_id="while-down")
+                # not processed blind, not lost: parked in a delay queue
+                await wait_for(lambda: bool(broker.messages("jobs.delay.1000")))
+                assert processed == []
+                redis_process.start()
+                await wait_for(lambda: processed == ["while-down"], timeout=20)
+                await producer.publish({"x": 1}, queue="jobs", message_id="while-down")
+                await wait_for(lambda: consumer.workers["jobs"].duplicates == 1)
+        assert processed == ["while-down"]
+    finally:
+        await client.aclose()

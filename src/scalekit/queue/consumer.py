@@ -279,7 +279,16 @@ class Worker(Generic[T]):
         token = ""
         if self.dedup is not None:
             token = new_token()
-            claim = await self.dedup.claim(f"{self.spec.name}:{message_id}", token)
+            try:
+                claim = await self.dedup.claim(f"{self.spec.name}:{message_id}", token)
+            except Exception as exc:  # the dedup store is down: do not process blind
+                log.warning(
+                    "dedup store unavailable for %s (%s); retrying the message later",
+                    message_id,
+                    error_text(exc),
+                )
+                await self._schedule(delivery, message_id, attempt, _BUSY_DELAY_MS, None)
+                return
             if claim is Claim.DONE:
                 self.duplicates += 1
                 await delivery.ack()
@@ -296,7 +305,10 @@ class Worker(Generic[T]):
         except Exception as exc:
             self._latencies.append(time.perf_counter() - started)
             if self.dedup is not None:
-                await self.dedup.release(f"{self.spec.name}:{message_id}", token)
+                try:
+                    await self.dedup.release(f"{self.spec.name}:{message_id}", token)
+                except Exception as err:  # the claim expires after its lease anyway
+                    log.warning("cannot release dedup claim of %s: %s", message_id, err)
             await self._on_failure(delivery, message_id, attempt, exc)
             return
         except asyncio.CancelledError:
@@ -307,7 +319,12 @@ class Worker(Generic[T]):
         self._latencies.append(time.perf_counter() - started)
         if self.dedup is not None:
             # The effect happened: record it even if shutdown cancels us now.
-            await asyncio.shield(self.dedup.complete(f"{self.spec.name}:{message_id}", token))
+            try:
+                await asyncio.shield(
+                    self.dedup.complete(f"{self.spec.name}:{message_id}", token)
+                )
+            except Exception as err:
+                log.warning("cannot record %s as processed: %s", message_id, err)
         if await delivery.ack():
             self.succeeded += 1
             self.consumer._m_processed.add(1)
