@@ -320,9 +320,7 @@ class Worker(Generic[T]):
         if self.dedup is not None:
             # The effect happened: record it even if shutdown cancels us now.
             try:
-                await asyncio.shield(
-                    self.dedup.complete(f"{self.spec.name}:{message_id}", token)
-                )
+                await asyncio.shield(self.dedup.complete(f"{self.spec.name}:{message_id}", token))
             except Exception as err:
                 log.warning("cannot record %s as processed: %s", message_id, err)
         if await delivery.ack():

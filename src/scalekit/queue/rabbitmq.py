@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -103,6 +104,79 @@ class _RabbitDelivery(Delivery):
         return True
 
 
+class _Batcher:
+    """Coalesce the publishes of one loop iteration into one socket write.
+
+    aiormq writes every published message with its own ``transport.write`` (a syscall each);
+    here the frames of all messages submitted since the last write are marshalled into one
+    buffer. Delivery tags are assigned in the order frames are queued, and confirms, nacks and
+    returns are resolved by aiormq's own handlers through ``channel.confirmations``, exactly as
+    for ``basic_publish``.
+    """
+
+    def __init__(self, channel: Any, aiormq: Any, max_batch: int = 512) -> None:
+        self.channel = channel
+        self._publish = aiormq.spec.Basic.Publish
+        self._header = require("pamqp.header").ContentHeader
+        self._frame = aiormq.abc.ChannelFrame
+        self._max_batch = max_batch
+        self.items: list[tuple[asyncio.Future[Any], bytes, str, str, Any, bool]] = []
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="scalekit.queue.rabbitmq.batcher"
+        )
+
+    def submit(
+        self, body: bytes, exchange: str, routing_key: str, props: Any, mandatory: bool
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.channel.create_future()
+        self.items.append((fut, body, exchange, routing_key, props, mandatory))
+        self._wake.set()
+        return fut
+
+    def _forget(self, message_id: str, tag: int, _: asyncio.Future[Any]) -> None:
+        ids = self.channel.message_id_delivery_tag
+        if ids.get(message_id) == tag:
+            del ids[message_id]
+
+    async def _run(self) -> None:
+        ch = self.channel
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.items:
+                batch = self.items[: self._max_batch]
+                del self.items[: self._max_batch]
+                frames: list[Any] = []
+                for fut, body, exchange, routing_key, props, mandatory in batch:
+                    if fut.done():  # timed out or cancelled before it was sent
+                        continue
+                    ch.delivery_tag += 1
+                    tag = ch.delivery_tag
+                    ch.confirmations[tag] = fut
+                    message_id = props.message_id
+                    ch.message_id_delivery_tag[message_id] = tag
+                    fut.add_done_callback(functools.partial(self._forget, message_id, tag))
+                    frames.append(
+                        self._publish(
+                            exchange=exchange, routing_key=routing_key, mandatory=mandatory
+                        )
+                    )
+                    frames.append(self._header(properties=props, body_size=len(body)))
+                    frames.extend(ch._split_body(body))
+                if frames:
+                    await ch.write_queue.put(
+                        self._frame.marshall(channel_number=ch.number, frames=frames)
+                    )
+
+    def close(self) -> None:
+        self._task.cancel()
+        items, self.items = self.items, []
+        for fut, *_ in items:
+            if not fut.done():
+                fut.set_exception(ConnectionLostError("the channel closed before sending"))
+
+
 class _RabbitSubscription(Subscription):
     def __init__(
         self, broker: RabbitMQBroker, queue: str, callback: DeliveryCallback, prefetch: int
@@ -190,6 +264,7 @@ class RabbitMQBroker(Broker):
         self._get_channel: aio_pika.abc.AbstractChannel | None = None
         self._channel_lock = asyncio.Lock()
         self._node = 0
+        self._batcher: _Batcher | None = None
         self._publishing: set[asyncio.Task[Any]] = set()
         self._aborted: set[asyncio.Task[Any]] = set()
         self.reconnects = 0
@@ -225,6 +300,9 @@ class RabbitMQBroker(Broker):
                 await self._supervisor
             self._supervisor = None
         conn, self._connection = self._connection, None
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
         self._publish_channel = self._underlay = self._get_channel = None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -355,6 +433,9 @@ class RabbitMQBroker(Broker):
         # still waiting; publish() turns that into ConnectionLostError and the producer
         # republishes the message (same message_id) on the next connection. A task in
         # _publishing has not resumed since its await, so the cancel lands inside publish().
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
         for task in self._publishing:
             if not task.done():
                 self._aborted.add(task)
@@ -518,18 +599,20 @@ class RabbitMQBroker(Broker):
         )
         exchange = self.exchange if message.exchange is None else message.exchange
         errors = self._aiormq.exceptions
+        if len(message.routing_key.encode()) > 255:
+            raise ConfigurationError("a routing key is at most 255 bytes")
         task = asyncio.current_task()
         assert task is not None
         self._publishing.add(task)
+        batcher = self._batcher
+        if batcher is None or batcher.channel is not channel:
+            if batcher is not None:
+                batcher.close()
+            batcher = self._batcher = _Batcher(channel, self._aiormq)
         try:
             async with asyncio.timeout(timeout):
-                result = await channel.basic_publish(
-                    message.body,
-                    exchange=exchange,
-                    routing_key=message.routing_key,
-                    properties=props,
-                    mandatory=mandatory,
-                    wait=False,  # type: ignore[call-arg]  # aiormq.Channel accepts it
+                result = await batcher.submit(
+                    message.body, exchange, message.routing_key, props, mandatory
                 )
         except asyncio.CancelledError:
             if task not in self._aborted:
