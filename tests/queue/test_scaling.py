@@ -99,7 +99,8 @@ async def test_queue_metrics_reads_depth_and_net_rate() -> None:
         await asyncio.gather(*(producer.publish({"i": i}, queue="m") for i in range(20)))
         await clock.advance(2)
         second = await metrics.sample()
-        assert second.messages == 20 and second.net_rate == 10.0
+        assert second.messages == 20
+        assert second.net_rate == 10.0
 
 
 async def test_lifespan_starts_and_drains_in_order(memory: MemoryBroker) -> None:
