@@ -122,6 +122,9 @@ class Subscription(abc.ABC):
     async def cancel(self) -> None:
         """Stop receiving new deliveries (unacked ones stay with the channel until settled)."""
 
+    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release the subscription's channel; anything still unacked returns to the queue."""
+
 
 class Broker(abc.ABC):
     """A message broker: confirmed publishing, acked consuming, idempotent topology.

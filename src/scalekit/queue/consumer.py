@@ -205,21 +205,24 @@ class Worker(Generic[T]):
 
     async def stop_intake(self) -> None:
         self._stopping = True
-        sub, self._subscription = self._subscription, None
+        sub = self._subscription
         if sub is not None:
             await sub.cancel()
 
     async def drain(self, timeout: float) -> int:  # noqa: ASYNC109
         """Wait for running handlers; cancel what is still running after ``timeout``."""
         pending = {t for t in self._tasks if not t.done()}
+        still: set[asyncio.Task[None]] = set()
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
             for task in still:
                 task.cancel()
             if still:
                 await asyncio.gather(*still, return_exceptions=True)
-            return len(still)
-        return 0
+        sub, self._subscription = self._subscription, None
+        if sub is not None:
+            await sub.close()
+        return len(still)
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         task = asyncio.current_task()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -164,11 +165,21 @@ class DeadLetters:
                 others.append(delivery)
         return matched, others
 
-    @staticmethod
-    async def _requeue(deliveries: list[Delivery]) -> None:
+    async def _requeue(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             with contextlib.suppress(Exception):
                 await delivery.reject(requeue=True)
+        if not deliveries:
+            return
+        # The broker applies requeues asynchronously (a quorum queue through its log): wait,
+        # briefly, until they are counted again so the next inspect/replay/purge sees them.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0  # real time: a ManualClock must not make this spin
+        while loop.time() < deadline:
+            with contextlib.suppress(Exception):
+                if await self.count() >= len(deliveries):
+                    return
+            await asyncio.sleep(0.01)
 
     async def inspect(self, *, limit: int = 100, where: Filter | None = None) -> list[DeadLetter]:
         """Up to ``limit`` dead letters matching ``where``; they stay in the queue."""

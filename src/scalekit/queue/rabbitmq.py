@@ -208,7 +208,14 @@ class _RabbitSubscription(Subscription):
         with contextlib.suppress(Exception):
             underlay = await channel.get_underlay_channel()
             await underlay.basic_cancel(tag)
-        # The channel stays open so in-flight handlers can still ack; closed with the broker.
+        # The channel stays open so in-flight handlers can still ack; see close().
+
+    async def close(self) -> None:
+        await self.cancel()
+        channel, self.channel = self.channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
 
 class RabbitMQBroker(Broker):
