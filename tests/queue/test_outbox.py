@@ -145,3 +145,66 @@ async def test_unroutable_row_is_kept_and_retried_later(
     assert row["attempts"] == 1
     assert "UnroutableError" in row["last_error"]
     assert await outbox.pending(pool) == 1
+
+
+async def test_relay_falls_back_to_polling_when_its_listen_connection_dies(
+    pool: asyncpg.Pool, outbox: Outbox, rabbit: RabbitMQBroker, unique: str
+) -> None:
+    queue = f"{unique}.poll"
+    producer = Producer(rabbit)
+    await producer.declare(queue)
+    relay = OutboxRelay(outbox, pool, producer, poll_interval=0.1)
+    async with relay:
+        await wait_for(lambda: relay._listener is not None)
+        assert relay._listener is not None
+        pid = relay._listener.get_server_pid()
+        await pool.execute("SELECT pg_terminate_backend($1)", pid)
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.add(conn, OutboxMessage({"x": 1}, queue=queue))
+        await wait_for(lambda: relay.published == 1)
+        # and it listens again on a fresh connection
+        await wait_for(lambda: relay._listener_alive())
+        assert relay._listener is not None
+        assert relay._listener.get_server_pid() != pid
+
+
+async def test_rows_wait_while_the_broker_is_unreachable_then_go_out(
+    pool: asyncpg.Pool, outbox: Outbox, amqp_url: str, unique: str
+) -> None:
+    from urllib.parse import urlsplit
+
+    from scalekit.testing import FaultProxy
+    from tests.queue.conftest import cleanup_rabbit
+
+    parts = urlsplit(amqp_url)
+    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
+        url = amqp_url.replace(f":{parts.port or 5672}", f":{proxy.port}")
+        broker = RabbitMQBroker(url, exchange=unique, reconnect_initial=0.05, reconnect_max=0.2)
+        await broker.connect()
+        try:
+            queue = f"{unique}.outage"
+            producer = Producer(broker, publish_timeout=0.3)
+            await producer.declare(queue)
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.add(conn, OutboxMessage({"x": 1}, queue=queue, message_id="o-1"))
+            await proxy.refuse()
+            await proxy.cut()
+            relay = OutboxRelay(outbox, pool, producer, retry_delay=0.05)
+            assert await relay.relay_once() == 0  # publish timed out: the row stays
+            assert await outbox.pending(pool) == 1
+            await proxy.restore()
+            await broker.wait_connected(10)
+            await wait_for(lambda: _drained(relay), timeout=10)
+            got = await broker.get(queue)
+            assert got is not None
+            assert got.message_id == "o-1"
+            await got.ack()
+        finally:
+            await proxy.restore()
+            await cleanup_rabbit(broker)
+            await broker.aclose()
+
+
+async def _drained(relay: OutboxRelay) -> bool:
+    await relay.relay_once()
+    return relay.published == 1

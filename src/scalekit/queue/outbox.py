@@ -258,6 +258,23 @@ class OutboxRelay:
             await self.pool.release(conn)
             return
         self._listener = conn
+        # A dropped LISTEN connection wakes the loop, which polls and listens again.
+        conn.add_termination_listener(self._on_notify)
+
+    def _listener_alive(self) -> bool:
+        conn = self._listener
+        if conn is None:
+            return False
+        try:
+            return not conn.is_closed()
+        except Exception:  # asyncpg: the pool took the dead connection back
+            return False
+
+    async def _drop_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
 
     def _on_notify(self, *args: Any) -> None:
         self._wake.set()
@@ -274,8 +291,8 @@ class OutboxRelay:
                 n = 0
             if n:
                 continue
-            if self._listener is None or self._listener.is_closed():
-                self._listener = None
+            if not self._listener_alive():
+                await self._drop_listener()
                 await self._listen()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
