@@ -104,3 +104,36 @@ async def test_delays_follow_a_manual_clock() -> None:
 
 async def _ready(broker: MemoryBroker) -> bool:
     return (await broker.queue_stats("q")).messages == 1
+
+
+async def test_foreign_messages_with_odd_headers_and_no_id_are_handled(
+    memory: MemoryBroker,
+) -> None:
+    from scalekit.queue import OutgoingMessage
+
+    producer = Producer(memory)
+    await producer.declare("odd")
+    seen: list[Message[object]] = []
+    consumer = Consumer(memory)
+
+    @consumer.handler("odd")
+    async def handle(message: Message[object]) -> None:
+        seen.append(message)
+
+    async with consumer:
+        await memory.publish(
+            OutgoingMessage(
+                routing_key="odd",
+                body=b'{"a": 1}',
+                message_id="",
+                headers={"x-sk-attempt": "not-a-number", "x-other": b"\x00\xff"},
+                content_type="application/json",
+            ),
+            mandatory=True,
+            timeout=1,
+        )
+        await wait_for(lambda: len(seen) == 1)
+    [message] = seen
+    assert message.attempt == 1
+    assert message.body == {"a": 1}
+    assert len(message.message_id) == 32  # derived from the body, stable across redeliveries
