@@ -59,6 +59,7 @@ class _MemoryDelivery(Delivery):
         "_queue",
         "_settled",
         "_stored",
+        "_token",
         "body",
         "content_type",
         "correlation_id",
@@ -75,6 +76,7 @@ class _MemoryDelivery(Delivery):
         self._stored = stored
         self._owner = owner
         self._epoch = broker._epoch
+        self._token = next(broker._ids)
         self._settled = False
         self.body = stored.body
         headers = dict(stored.headers)
@@ -411,7 +413,7 @@ class MemoryBroker(Broker):
         queue.ready.appendleft(stored)
 
     def _settle(self, delivery: _MemoryDelivery, *, requeue: bool | None) -> None:
-        entry = self._unacked.pop(id(delivery), None)
+        entry = self._unacked.pop(delivery._token, None)
         if entry is None:
             return
         queue, stored, owner = entry
@@ -439,7 +441,7 @@ class MemoryBroker(Broker):
             delivery = _MemoryDelivery(self, queue, stored, sub)
             stored.delivered = True
             sub.unacked += 1
-            self._unacked[id(delivery)] = (queue, stored, sub)
+            self._unacked[delivery._token] = (queue, stored, sub)
             self._spawn(sub.callback(delivery))
 
     async def subscribe(
@@ -467,7 +469,7 @@ class MemoryBroker(Broker):
             stored.expiry = None
         delivery = _MemoryDelivery(self, q, stored, None)
         stored.delivered = True
-        self._unacked[id(delivery)] = (q, stored, None)
+        self._unacked[delivery._token] = (q, stored, None)
         return delivery
 
     async def queue_stats(self, queue: str) -> QueueStats:
