@@ -196,6 +196,7 @@ class Worker(Generic[T]):
         )
 
     async def start(self) -> None:
+        """Declare the queue's topology and subscribe (``Consumer.start`` calls this)."""
         broker = self.consumer.broker
         await broker.declare(self.spec)
         self._stopping = False
@@ -204,6 +205,7 @@ class Worker(Generic[T]):
         )
 
     async def stop_intake(self) -> None:
+        """Stop receiving messages; running handlers go on (``Consumer.stop`` calls this)."""
         self._stopping = True
         sub = self._subscription
         if sub is not None:
