@@ -137,3 +137,34 @@ async def test_foreign_messages_with_odd_headers_and_no_id_are_handled(
     assert message.attempt == 1
     assert message.body == {"a": 1}
     assert len(message.message_id) == 32  # derived from the body, stable across redeliveries
+
+
+async def test_in_flight_window_is_bounded_and_a_full_window_times_out(
+    memory: MemoryBroker,
+) -> None:
+    producer = Producer(memory, max_in_flight=2, publish_timeout=0.5)
+    await producer.declare("w")
+    memory.lose_confirms(2)  # two publishes hang, holding the whole window
+    hung = [asyncio.create_task(producer.publish({"i": i}, queue="w")) for i in range(2)]
+    await wait_for(lambda: producer.stats().in_flight == 2)
+    with pytest.raises(PublishTimeoutError, match="slot"):
+        await producer.publish({"i": 3}, queue="w", timeout=0.05)
+    for task in hung:
+        with pytest.raises(PublishTimeoutError):
+            await task
+    assert producer.stats().in_flight == 0
+    assert (await producer.publish({"i": 4}, queue="w")).attempts == 1
+
+
+async def test_publish_arguments_are_validated(memory: MemoryBroker) -> None:
+    from scalekit.errors import ConfigurationError
+
+    producer = Producer(memory)
+    with pytest.raises(ConfigurationError):
+        await producer.publish({"x": 1})
+    with pytest.raises(ConfigurationError):
+        await producer.publish({"x": 1}, queue="a", routing_key="b")
+    with pytest.raises(ConfigurationError):
+        await producer.publish({"x": 1}, routing_key="a", delay=1)
+    with pytest.raises(ConfigurationError):
+        Producer(memory, max_in_flight=0)
