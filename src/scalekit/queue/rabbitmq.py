@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from scalekit._drivers import require
-from scalekit._redact import redact_url
+from scalekit._redact import redact_text, redact_url
 from scalekit._telemetry import get_logger
 from scalekit.clock import SYSTEM_CLOCK, Clock
 from scalekit.errors import (
@@ -374,7 +374,7 @@ class RabbitMQBroker(Broker):
                 log.warning(
                     "cannot connect to RabbitMQ at %s (%s); retrying in %.2fs",
                     redact_url(url),
-                    exc,
+                    redact_text(str(exc)),
                     delay,
                 )
                 await self._clock.sleep(delay)
@@ -396,7 +396,7 @@ class RabbitMQBroker(Broker):
                     await conn.close()
                 raise
             except Exception as exc:
-                log.warning("setting up the RabbitMQ connection failed: %s", exc)
+                log.warning("setting up the RabbitMQ connection failed: %s", redact_text(str(exc)))
                 with contextlib.suppress(Exception):
                     await conn.close()
                 delay = self._backoff(failures)
