@@ -20,6 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from scalekit._redact import redact_text
 from scalekit.queue.deadletter import DeadLetter, DeadLetters
 from scalekit.queue.rabbitmq import RabbitMQBroker
 
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_run(args))
     except Exception as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
 
 
