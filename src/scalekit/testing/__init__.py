@@ -6,9 +6,18 @@ are importable from here as well as from their own package.
 
 from __future__ import annotations
 
+from scalekit.queue.dedup import MemoryDedupStore
+from scalekit.queue.memory import MemoryBroker
 from scalekit.resilience.store import InMemoryBreakerStore
 from scalekit.sessions.memory import MemorySessionBackend
 from scalekit.testing.clock import ManualClock
 from scalekit.testing.proxy import FaultProxy
 
-__all__ = ["FaultProxy", "InMemoryBreakerStore", "ManualClock", "MemorySessionBackend"]
+__all__ = [
+    "FaultProxy",
+    "InMemoryBreakerStore",
+    "ManualClock",
+    "MemoryBroker",
+    "MemoryDedupStore",
+    "MemorySessionBackend",
+]
