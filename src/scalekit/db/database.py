@@ -935,8 +935,8 @@ class Database:
         self,
         query: str,
         *args: Any,
-        timeout: float | None = None,
-        max_lag: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        max_lag: float | None = None,
     ) -> list[Any]:
         """Read every row from a replica (see :meth:`replica`)."""
         result: list[Any] = await self._read("fetch", query, args, {"timeout": timeout}, max_lag)
@@ -946,8 +946,8 @@ class Database:
         self,
         query: str,
         *args: Any,
-        timeout: float | None = None,
-        max_lag: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        max_lag: float | None = None,
     ) -> Any:
         """Read the first row (or ``None``) from a replica (see :meth:`replica`)."""
         return await self._read("fetchrow", query, args, {"timeout": timeout}, max_lag)
