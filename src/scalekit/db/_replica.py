@@ -49,6 +49,7 @@ class _Server:
         "good_checks",
         "host",
         "lag",
+        "monitor",
         "name",
         "pool",
         "port",
@@ -68,6 +69,7 @@ class _Server:
         except ValueError:
             self.port = 5432
         self.pool: asyncpg.Pool[Any] | None = None
+        self.monitor: Any = None  # the health monitor's own connection
         self.available = False
         self.good_checks = 0
         self.replay_lsn = 0

@@ -430,6 +430,8 @@ class Database:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for server in (self._primary, *self._replicas):
+            self._drop_monitor(server)
         await asyncio.gather(
             *(self._close_pool(s.pool) for s in (self._primary, *self._replicas) if s.pool),
             return_exceptions=True,
@@ -506,6 +508,7 @@ class Database:
         self._primary = server
         if current.pool is not None:
             _log.warning("primary moved from %s to %s", current.name, server.name)
+            self._drop_monitor(current)
             self._spawn(self._close_pool(current.pool))
 
     def _rediscover(self) -> None:
@@ -548,7 +551,7 @@ class Database:
         if pool is None:
             return
         try:
-            await pool.release(conn)
+            await pool.release(conn, timeout=self._connect_timeout)
         except Exception:  # a broken connection: the pool replaces it
             _log.debug("release failed on %s", server.name, exc_info=True)
 
@@ -817,24 +820,43 @@ class Database:
         if server.pool is not None and self._replicas:
             try:
                 async with asyncio.timeout(self._check_timeout):
-                    primary_lsn = await server.pool.fetchval(_CHECK_PRIMARY)
+                    conn = await self._monitor_connection(server)
+                    primary_lsn = await conn.fetchval(_CHECK_PRIMARY)
                 if primary_lsn is None and self._discovery is None:
                     _log.warning("primary %s is in recovery; rediscovering", server.name)
                     self._rediscover()
             except (Exception, TimeoutError) as exc:
-                _log.warning("primary %s check failed: %s", server.name, redact_text(str(exc)))
+                self._drop_monitor(server)
+                _log.warning("primary %s check failed: %r", server.name, exc)
                 if len(self._candidates) > 1:
                     self._rediscover()
         await asyncio.gather(*(self._check_replica(r, primary_lsn) for r in self._replicas))
         return self.replica_status()
 
+    async def _monitor_connection(self, server: _Server) -> _Connection:
+        # a dedicated connection: a hung check is terminated without touching the pool
+        conn = server.monitor
+        if conn is None or conn.is_closed():
+            conn = server.monitor = await self._asyncpg.connect(
+                server.dsn, timeout=self._connect_timeout
+            )
+        return conn
+
+    @staticmethod
+    def _drop_monitor(server: _Server) -> None:
+        if server.monitor is not None:
+            server.monitor.terminate()
+            server.monitor = None
+
     async def _check_replica(self, replica: _Server, primary_lsn: int | None) -> None:
         try:
             async with asyncio.timeout(self._check_timeout):
+                conn = await self._monitor_connection(replica)
+                in_recovery, lsn, lag = await conn.fetchrow(_CHECK_REPLICA)
                 if replica.pool is None:
                     replica.pool = await self._create_pool(replica.dsn)
-                in_recovery, lsn, lag = await replica.pool.fetchrow(_CHECK_REPLICA)
         except (Exception, TimeoutError) as exc:
+            self._drop_monitor(replica)
             self._replica_failed(replica, exc)
             return
         now = self._clock.monotonic()
