@@ -44,28 +44,52 @@ async def table(postgres_dsn: str, postgres_replica_dsn: str, unique: str) -> As
         await replica.close()
 
 
+# Every test that pauses replay holds this advisory lock on the primary while paused. The
+# xdist_group("replica_replay") mark should serialize them, but pytest-xdist 3.8's loadgroup does
+# not group under pytest 9 (it sets Item._nodeid, which pytest 9 no longer reads), and other
+# suites on the machine may pause replay too: the lock serializes them across processes.
+REPLAY_LOCK = 0x5CA1E_0007
+
+
 @pytest.fixture
-def paused_replay(postgres_replica_dsn: str) -> Callable[[], object]:
+def paused_replay(postgres_dsn: str, postgres_replica_dsn: str) -> Callable[[], object]:
     """``async with paused_replay():`` pauses WAL replay on the replica, ALWAYS resuming it."""
 
     @asynccontextmanager
     async def pause() -> AsyncIterator[Callable[[], Awaitable[None]]]:
-        conn = await asyncpg.connect(postgres_replica_dsn)
-        resumed = False
-
-        async def resume() -> None:
-            nonlocal resumed
-            await conn.execute("SELECT pg_wal_replay_resume()")
-            resumed = True
-
+        lock = await asyncpg.connect(postgres_dsn)
         try:
-            await conn.execute("SELECT pg_wal_replay_pause()")
-            yield resume
+            await lock.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
+            async with _paused(postgres_replica_dsn) as resume:
+                yield resume
         finally:
-            try:
-                if not resumed:
-                    await conn.execute("SELECT pg_wal_replay_resume()")
-            finally:
-                await conn.close()
+            await lock.close()  # closing the session releases the lock
 
     return pause
+
+
+@asynccontextmanager
+async def _paused(postgres_replica_dsn: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    conn = await asyncpg.connect(postgres_replica_dsn)
+    resumed = False
+
+    async def resume() -> None:
+        nonlocal resumed
+        await conn.execute("SELECT pg_wal_replay_resume()")
+        resumed = True
+
+    try:
+        await conn.execute("SELECT pg_wal_replay_pause()")
+
+        async def paused() -> bool:
+            state = await conn.fetchval("SELECT pg_get_wal_replay_pause_state()")
+            return state in ("paused", "pause requested")  # both stop the next record
+
+        await eventually(paused, what="replay to pause")
+        yield resume
+    finally:
+        try:
+            if not resumed:
+                await conn.execute("SELECT pg_wal_replay_resume()")
+        finally:
+            await conn.close()

@@ -102,10 +102,10 @@ async def test_replica_unreachable_at_startup_joins_later(postgres_dsn: str) -> 
             assert await db.fetchval(IN_RECOVERY) is True
 
 
+@pytest.mark.xdist_group("replica_replay")
 async def test_lagging_replica_leaves_rotation_and_returns(
     postgres_dsn: str, postgres_replica_dsn: str, table: str, paused_replay: object
 ) -> None:
-    pytest.importorskip("asyncpg")
     async with Database(
         postgres_dsn, [postgres_replica_dsn], max_lag=0.2, check_interval=0.05, readmit_after=2
     ) as db:
@@ -120,11 +120,6 @@ async def test_lagging_replica_leaves_rotation_and_returns(
             async with db.consistency_scope():
                 assert await db.fetchval(IN_RECOVERY) is False
         await eventually(lambda: _true(db.replica_status()[0].available), what="readmission")
-
-
-test_lagging_replica_leaves_rotation_and_returns = pytest.mark.xdist_group("replica_replay")(
-    test_lagging_replica_leaves_rotation_and_returns
-)
 
 
 async def test_write_on_a_demoted_primary_rediscovers_and_is_retryable(
