@@ -57,7 +57,7 @@ class TokenCodec:
         """The token for ``lsn``."""
         payload = _PAYLOAD.pack(_VERSION, lsn)
         mac = hmac.new(self._keys[0], _DOMAIN + payload, hashlib.sha256).digest()[:_MAC_BYTES]
-        return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
+        return _b64(payload + mac)
 
     def decode(self, token: object) -> int:
         """The LSN inside ``token``.
@@ -76,12 +76,15 @@ class TokenCodec:
                 "pass the string that db.consistency_token() returned, unmodified"
             )
         try:
-            raw = base64.urlsafe_b64decode(token + "==")
+            raw = base64.b64decode(token + "==", altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
+            raw = b""
+        # the canonical check also rejects the spare bits of the last character being changed
+        if len(raw) != _PAYLOAD.size + _MAC_BYTES or _b64(raw) != token:
             raise InvalidConsistencyTokenError(
                 "malformed consistency token (not base64url); pass the string that "
                 "db.consistency_token() returned, unmodified"
-            ) from None
+            )
         payload, mac = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
         version, lsn = _PAYLOAD.unpack(payload)
         if version != _VERSION or len(mac) != _MAC_BYTES:
@@ -96,6 +99,10 @@ class TokenCodec:
             "consistency token signature does not verify: it was altered, or signed with another "
             "token_secret (give every Database that shares tokens the same token_secret)"
         )
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _key(secret: str | bytes) -> bytes:
