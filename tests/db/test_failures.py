@@ -181,3 +181,18 @@ async def test_connection_cut_mid_write_passes_the_driver_error_through(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_promoted_replica_leaves_rotation(postgres_dsn: str) -> None:
+    async with (
+        FaultProxy("127.0.0.1", 5433) as proxy,
+        Database(postgres_dsn, [_dsn(proxy.port)], check_interval=0.05, readmit_after=1) as db,
+    ):
+        proxy.target_port = 5432  # the address now leads to a server that is not in recovery
+        await proxy.cut()
+        await eventually(lambda: _true(not db.replica_status()[0].available), what="removal")
+        assert "not in recovery" in (db.replica_status()[0].reason or "")
+        assert await db.fetchval(IN_RECOVERY) is False
+        proxy.target_port = 5433
+        await proxy.cut()
+        await eventually(lambda: _true(db.replica_status()[0].available), what="readmission")
