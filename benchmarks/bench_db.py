@@ -25,8 +25,8 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from scalekit.balance import LeastOutstanding, PowerOfTwoChoices, RoundRobin  # noqa: E402
-from scalekit.db import Database  # noqa: E402
+from scalekit.balance import LeastOutstanding, PowerOfTwoChoices, RoundRobin
+from scalekit.db import Database
 
 PRIMARY = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPLICA = os.environ.get("DATABASE_REPLICA_URL", "postgresql://postgres@127.0.0.1:5433/test")
@@ -66,7 +66,9 @@ async def bench_queries(n: int, rounds: int) -> None:
         f"INSERT INTO {name} SELECT i, md5(i::text) FROM generate_series(1, {ROWS}) i"
     )
     replica_conn = await asyncpg.connect(REPLICA)
-    while not await replica_conn.fetchval(f"SELECT count(*) = {ROWS} FROM {name}"):  # replicated
+    for _ in range(600):  # wait for the rows to reach the replica
+        if await replica_conn.fetchval(f"SELECT count(*) = {ROWS} FROM {name}"):
+            break
         await asyncio.sleep(0.05)
     await replica_conn.close()
     raw_replica = await asyncpg.create_pool(REPLICA, **POOL)

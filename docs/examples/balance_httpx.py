@@ -7,7 +7,7 @@ from collections import Counter
 
 import httpx
 
-from scalekit.balance import PowerOfTwoChoices
+from scalekit.balance import Balancer, RoundRobin
 
 UPSTREAMS = ["http://api-1.internal", "http://api-2.internal", "http://api-3.internal"]
 
@@ -19,7 +19,7 @@ def upstream(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"served_by": request.url.host})
 
 
-async def get(client: httpx.AsyncClient, balancer: PowerOfTwoChoices[str], path: str) -> dict:
+async def get(client: httpx.AsyncClient, balancer: Balancer[str], path: str) -> dict:
     """One request through the balancer; a 5xx counts as a failure of that upstream."""
     tried: set[str] = set()
     while True:
@@ -33,7 +33,9 @@ async def get(client: httpx.AsyncClient, balancer: PowerOfTwoChoices[str], path:
 
 
 async def main() -> None:
-    balancer = PowerOfTwoChoices(
+    # RoundRobin keeps this example deterministic; PowerOfTwoChoices (peak EWMA latency) and
+    # LeastOutstanding take the same arguments and are drop-in replacements.
+    balancer = RoundRobin(
         UPSTREAMS,
         failure_threshold=3,  # 3 consecutive failures eject an upstream...
         ejection_time=30.0,  # ...for 30 s, then 60 s, 90 s... if it keeps failing

@@ -14,10 +14,10 @@ SECRET = "test-secret-of-at-least-16-bytes"
 
 
 async def eventually(
-    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 15.0, what: str = "condition"
+    predicate: Callable[[], Awaitable[bool]], *, within: float = 15.0, what: str = "condition"
 ) -> None:
-    """Poll ``predicate`` until it is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it is true, failing after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not await predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
@@ -26,7 +26,7 @@ async def eventually(
 
 @pytest.fixture
 async def table(postgres_dsn: str, postgres_replica_dsn: str, unique: str) -> AsyncIterator[str]:
-    """A table ``(id int primary key, v text)`` created on the primary and visible on the replica."""
+    """A table ``(id int primary key, v text)`` on the primary, replicated to the replica."""
     name = unique
     primary = await asyncpg.connect(postgres_dsn)
     replica = await asyncpg.connect(postgres_replica_dsn)

@@ -60,21 +60,23 @@ async def test_a_thousand_write_then_read_pairs_are_never_stale(
 async def test_other_scopes_are_not_pinned_to_the_primary(
     postgres_dsn: str, postgres_replica_dsn: str, table: str, paused_replay: Callable[[], Any]
 ) -> None:
-    async with Database(postgres_dsn, [postgres_replica_dsn], read_your_writes_timeout=0.0) as db:
-        async with paused_replay():
+    async with (
+        Database(postgres_dsn, [postgres_replica_dsn], read_your_writes_timeout=0.0) as db,
+        paused_replay(),
+    ):
 
-            async def writer() -> Any:
-                await db.execute(f"INSERT INTO {table} VALUES (1, 'w')")
-                return await db.fetchrow(READ.format(table), 1)
+        async def writer() -> Any:
+            await db.execute(f"INSERT INTO {table} VALUES (1, 'w')")
+            return await db.fetchrow(READ.format(table), 1)
 
-            async def bystander() -> Any:
-                return await db.fetchrow(READ.format(table), 1)
+        async def bystander() -> Any:
+            return await db.fetchrow(READ.format(table), 1)
 
-            mine = await asyncio.create_task(writer())
-            other = await asyncio.create_task(bystander())  # its own context: no writes
-            assert mine["v"] == "w"
-            assert mine[1] is False
-            assert other is None  # eventual consistency, served by the (paused) replica
+        mine = await asyncio.create_task(writer())
+        other = await asyncio.create_task(bystander())  # its own context: no writes
+        assert mine["v"] == "w"
+        assert mine[1] is False
+        assert other is None  # eventual consistency, served by the (paused) replica
 
 
 async def test_a_read_waits_a_bounded_time_for_the_replica(

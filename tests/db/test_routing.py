@@ -54,21 +54,26 @@ async def test_transaction_runs_on_the_primary_and_commits(
 async def test_transaction_rolls_back_on_error(
     postgres_dsn: str, postgres_replica_dsn: str, table: str
 ) -> None:
+    async def abort(db: Database) -> None:
+        async with db.transaction() as conn:
+            await conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+            raise RuntimeError("abort")
+
     async with Database(postgres_dsn, [postgres_replica_dsn]) as db:
         with pytest.raises(RuntimeError):
-            async with db.transaction() as conn:
-                await conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
-                raise RuntimeError("abort")
+            await abort(db)
         assert await db.primary.fetchval(f"SELECT count(*) FROM {table}") == 0
 
 
 async def test_readonly_transaction_may_use_a_replica(
     postgres_dsn: str, postgres_replica_dsn: str
 ) -> None:
-    async with Database(postgres_dsn, [postgres_replica_dsn]) as db:
-        async with db.transaction(readonly=True, isolation="repeatable_read") as conn:
-            assert await conn.fetchval(IN_RECOVERY) is True
-            assert await conn.fetchval("SHOW transaction_read_only") == "on"
+    async with (
+        Database(postgres_dsn, [postgres_replica_dsn]) as db,
+        db.transaction(readonly=True, isolation="repeatable_read") as conn,
+    ):
+        assert await conn.fetchval(IN_RECOVERY) is True
+        assert await conn.fetchval("SHOW transaction_read_only") == "on"
 
 
 async def test_reads_spread_over_replicas_with_the_given_balancer(

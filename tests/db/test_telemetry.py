@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import asyncpg
 import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -56,7 +57,7 @@ async def test_spans_carry_semantic_convention_attributes_and_role(
     async with Database(postgres_dsn, [postgres_replica_dsn]) as db:
         await db.fetchval("SELECT 1")
         await db.primary.execute("SELECT 2")
-        with pytest.raises(Exception):
+        with pytest.raises(asyncpg.UndefinedTableError):
             await db.fetchval("SELECT * FROM no_such_table_here")
     spans = exporter.get_finished_spans()
     by_query = {s.attributes["db.query.text"]: s for s in spans if s.attributes}
@@ -81,13 +82,13 @@ async def test_fallbacks_and_lag_are_measured(
     postgres_dsn: str, telemetry: tuple[InMemorySpanExporter, InMemoryMetricReader]
 ) -> None:
     _, reader = telemetry
-    async with FaultProxy("127.0.0.1", 5433) as proxy:
-        async with Database(
-            postgres_dsn, [f"postgresql://postgres@127.0.0.1:{proxy.port}/test"]
-        ) as db:
-            assert _points(reader, "scalekit.db.replica.lag")[0][1] >= 0
-            await proxy.refuse()
-            await proxy.cut()
-            await db.check_replicas()
-            assert await db.fetchval("SELECT 1") == 1
+    async with (
+        FaultProxy("127.0.0.1", 5433) as proxy,
+        Database(postgres_dsn, [f"postgresql://postgres@127.0.0.1:{proxy.port}/test"]) as db,
+    ):
+        assert _points(reader, "scalekit.db.replica.lag")[0][1] >= 0
+        await proxy.refuse()
+        await proxy.cut()
+        await db.check_replicas()
+        assert await db.fetchval("SELECT 1") == 1
     assert ({"reason": "no_replica"}, 1) in _points(reader, "scalekit.db.fallbacks")
