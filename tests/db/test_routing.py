@@ -177,3 +177,28 @@ def test_repr_and_status_redact_passwords() -> None:
 
 def _via(dsn: str, port: int) -> str:
     return dsn.replace(":5433", f":{port}")
+
+
+async def test_held_fallback_connections_count_against_the_cap(postgres_dsn: str) -> None:
+    async with FaultProxy("127.0.0.1", 5433) as proxy:
+        await proxy.refuse()
+        async with Database(
+            postgres_dsn,
+            [f"postgresql://postgres@127.0.0.1:{proxy.port}/test"],
+            max_fallback_reads=1,
+            connect_timeout=2.0,
+        ) as db:
+            async with db.transaction(readonly=True) as conn:
+                assert await conn.fetchval(IN_RECOVERY) is False
+                with pytest.raises(NoReplicaAvailableError):
+                    await db.fetchval("SELECT 1")
+            async with db.replica().acquire() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+            assert await db.fetchval("SELECT 1") == 1  # released: the slot is free again
+
+
+@pytest.mark.parametrize("max_lag", [-1.0, "5", float("nan")])
+async def test_bad_per_read_max_lag_is_rejected(postgres_dsn: str, max_lag: object) -> None:
+    async with Database(postgres_dsn) as db:
+        with pytest.raises(ConfigurationError):
+            await db.fetchval("SELECT 1", max_lag=max_lag)  # type: ignore[arg-type]

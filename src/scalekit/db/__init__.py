@@ -16,7 +16,8 @@ from __future__ import annotations
 from scalekit.db._consistency import ConsistencyScope
 from scalekit.db._replica import ReplicaStatus, Role
 from scalekit.db.asgi import ConsistencyMiddleware
-from scalekit.db.database import Database, Handle, Transaction
+from scalekit.db.database import Database
+from scalekit.db.handles import Handle, Transaction
 
 __all__ = [
     "ConsistencyMiddleware",

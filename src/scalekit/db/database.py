@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,8 @@ from scalekit._redact import redact_text
 from scalekit.balance import Balancer, PowerOfTwoChoices
 from scalekit.clock import SYSTEM_CLOCK, Clock
 from scalekit.db._consistency import ConsistencyScope, TokenCodec, _Scope
-from scalekit.db._replica import ReplicaStatus, Role, _Server
+from scalekit.db._replica import ReplicaStatus, _Server
+from scalekit.db.handles import _WRITE_LSN, Handle, Transaction, _Connection, _Unavailable
 from scalekit.errors import (
     ConfigurationError,
     NoReplicaAvailableError,
@@ -30,7 +31,7 @@ from scalekit.errors import (
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["Database", "Handle", "Transaction"]
+__all__ = ["Database"]
 
 _log = _telemetry.get_logger(__name__)
 
@@ -39,199 +40,20 @@ _CHECK_REPLICA = (
     "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8"
 )
 _CHECK_PRIMARY = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END"
-_WRITE_LSN = "SELECT pg_current_wal_lsn()"
 _REPLAY_LSN = "SELECT pg_last_wal_replay_lsn()"
 _POLL_INTERVAL = 0.002
 
-_Connection = Any  # asyncpg.Connection / PoolConnectionProxy; Any keeps asyncpg optional
 
+class _Held:
+    """A connection held for a read-only unit of work, with what its release must undo."""
 
-class _Unavailable(Exception):
-    """Internal: the chosen replica failed at the connection level; route elsewhere."""
+    __slots__ = ("capped", "conn", "lease", "server")
 
-
-class Handle:
-    """Pool-like access to one role: ``fetch*``, ``execute``, ``executemany``, ``acquire``.
-
-    ``db.primary`` sends everything to the primary and records the WAL position after each call
-    (so later reads in the same scope see it). ``db.replica()`` routes each call to a replica that
-    is healthy, fresh enough and has replayed the scope's writes, else to the primary.
-    """
-
-    __slots__ = ("_db", "_max_lag", "_role")
-
-    def __init__(self, db: Database, role: Role, max_lag: float | None = None) -> None:
-        self._db = db
-        self._role: Role = role
-        self._max_lag = max_lag
-
-    @property
-    def role(self) -> Role:
-        """``"primary"`` or ``"replica"``."""
-        return self._role
-
-    async def _call(
-        self, method: str, query: str, args: tuple[Any, ...], kw: dict[str, Any]
-    ) -> Any:
-        if self._role == "primary":
-            return await self._db._write(method, query, args, kw)
-        return await self._db._read(method, query, args, kw, self._max_lag)
-
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:  # noqa: ASYNC109
-        """Run a query and return every row (``asyncpg.Record`` objects)."""
-        result: list[Any] = await self._call("fetch", query, args, {"timeout": timeout})
-        return result
-
-    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
-        """Run a query and return its first row, or ``None``."""
-        return await self._call("fetchrow", query, args, {"timeout": timeout})
-
-    async def fetchval(
-        self,
-        query: str,
-        *args: Any,
-        column: int = 0,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> Any:
-        """Run a query and return one value of its first row, or ``None``."""
-        return await self._call("fetchval", query, args, {"column": column, "timeout": timeout})
-
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
-        """Run a statement and return its status string (e.g. ``"INSERT 0 1"``)."""
-        result: str = await self._call("execute", query, args, {"timeout": timeout})
-        return result
-
-    async def executemany(
-        self,
-        command: str,
-        args: Sequence[Sequence[Any]],
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> None:
-        """Run a statement once per argument tuple (in one transaction on the primary)."""
-        await self._call("executemany", command, (args,), {"timeout": timeout})
-
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[_Connection]:
-        """Hold one connection of this role for several statements.
-
-        On the primary the WAL position is recorded when the block ends; on a replica handle the
-        connection comes from a replica chosen as for a single read (or from the primary).
-
-        Raises:
-            TimeoutError: no connection within the database's ``acquire_timeout``.
-        """
-        db = self._db
-        if self._role == "primary":
-            server = await db._primary_server()
-            conn = await db._acquire(server)
-            try:
-                yield conn
-                if db._track_writes and not conn.is_in_transaction():
-                    db._note_write(await conn.fetchval(_WRITE_LSN))
-            except BaseException as exc:
-                db._check_primary_error(exc)
-                raise
-            finally:
-                await db._release(server, conn)
-        else:
-            server, conn, lease = await db._read_connection(self._max_lag)
-            try:
-                yield conn
-            finally:
-                if lease is not None:
-                    lease.release()
-                await db._release(server, conn)
-
-    def __repr__(self) -> str:
-        return f"<Handle {self._role}>"
-
-
-class Transaction:
-    """``async with db.transaction() as conn:``: a transaction on the primary, or read-only on a
-    replica with ``readonly=True``. Commits on success, rolls back on an exception."""
-
-    __slots__ = (
-        "_conn",
-        "_db",
-        "_deferrable",
-        "_isolation",
-        "_lease",
-        "_max_lag",
-        "_readonly",
-        "_server",
-        "_tx",
-    )
-
-    def __init__(
-        self,
-        db: Database,
-        *,
-        readonly: bool,
-        isolation: str | None,
-        deferrable: bool,
-        max_lag: float | None,
-    ) -> None:
-        self._db = db
-        self._readonly = readonly
-        self._isolation = isolation
-        self._deferrable = deferrable
-        self._max_lag = max_lag
-        self._server: _Server | None = None
-        self._conn: _Connection = None
-        self._lease: Any = None
-        self._tx: Any = None
-
-    async def __aenter__(self) -> _Connection:
-        db = self._db
-        if self._readonly:
-            self._server, self._conn, self._lease = await db._read_connection(self._max_lag)
-        else:
-            self._server = await db._primary_server()
-            self._conn = await db._acquire(self._server)
-        try:
-            self._tx = self._conn.transaction(
-                isolation=self._isolation, readonly=self._readonly, deferrable=self._deferrable
-            )
-            await self._tx.start()
-        except BaseException:
-            await self._finish()
-            raise
-        return self._conn
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        db = self._db
-        try:
-            if exc is None:
-                await self._tx.commit()
-                server = self._server
-                primary = server is not None and server.role == "primary"
-                if not self._readonly and primary and db._track_writes:
-                    db._note_write(await self._conn.fetchval(_WRITE_LSN))
-            else:
-                with contextlib.suppress(Exception):
-                    await self._tx.rollback()
-        except BaseException as error:
-            if not self._readonly:
-                db._check_primary_error(error)
-            raise
-        finally:
-            await self._finish()
-        if exc is not None and not self._readonly:
-            db._check_primary_error(exc)
-
-    async def _finish(self) -> None:
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
-        if self._server is not None and self._conn is not None:
-            await self._db._release(self._server, self._conn)
-            self._conn = None
+    def __init__(self, server: _Server, conn: _Connection, lease: Any, capped: bool) -> None:
+        self.server = server
+        self.conn = conn
+        self.lease = lease
+        self.capped = capped
 
 
 class Database:
@@ -599,6 +421,8 @@ class Database:
     def _choose(self, need: int, max_lag: float | None) -> _Server | None:
         if not need and max_lag is None:
             return self._balancer.try_choose()
+        if max_lag is not None and (not isinstance(max_lag, (int, float)) or not max_lag >= 0):
+            raise ConfigurationError(f"max_lag must be a number of seconds >= 0, got {max_lag!r}")
         now = self._clock.monotonic()
 
         def fresh(replica: _Server) -> bool:
@@ -776,27 +600,45 @@ class Database:
         await self._release(replica, conn)
         return None
 
-    async def _read_connection(self, max_lag: float | None) -> tuple[_Server, _Connection, Any]:
-        """A connection for a read-only unit of work: (server, connection, lease or None)."""
+    async def _read_connection(self, max_lag: float | None) -> _Held:
+        """A connection for a read-only unit of work, routed like a single read."""
         scope = self._scope.get()
         need = scope.lsn if scope is not None else 0
         replica = self._choose(need, max_lag)
         if replica is not None:
             try:
                 conn = await self._acquire(replica)
-                return replica, conn, self._balancer.lease_on(replica)
+                return _Held(replica, conn, self._balancer.lease_on(replica), False)
             except self._conn_errors as exc:
                 self._replica_failed(replica, exc)
+            reason = "replica_failed"
         elif need and self._replicas:
             caught_up = await self._wait_for_replay(need, max_lag)
             if caught_up is not None:
-                return caught_up[0], caught_up[1], self._balancer.lease_on(caught_up[0])
-        reason = "behind" if need else "no_replica"
-        capped = self._enter_fallback(reason)
-        if capped:  # held connections are not capped per call; undo the in-flight count
+                server, conn = caught_up
+                return _Held(server, conn, self._balancer.lease_on(server), False)
+            reason = "behind"
+        elif max_lag is not None and self._has_available_replica():
+            reason = "stale"
+        else:
+            reason = "no_replica"
+        capped = self._enter_fallback(reason)  # held until the connection is released
+        try:
+            server = await self._primary_server()
+            return _Held(server, await self._acquire(server), None, capped)
+        except BaseException:
+            if capped:
+                self._fallback_in_flight -= 1
+            raise
+
+    async def _release_held(self, held: _Held) -> None:
+        if held.lease is not None:
+            held.lease.release()
+            held.lease = None
+        if held.capped:
+            held.capped = False
             self._fallback_in_flight -= 1
-        server = await self._primary_server()
-        return server, await self._acquire(server), None
+        await self._release(held.server, held.conn)
 
     # -- health monitor -------------------------------------------------------------------------
 
