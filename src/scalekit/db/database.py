@@ -682,6 +682,9 @@ class Database:
             conn = server.monitor = await self._asyncpg.connect(
                 server.dsn, timeout=self._connect_timeout
             )
+            # a new session may reach a different (rebuilt) server: forget what the old one had
+            # replayed, so its position is learnt afresh instead of trusted
+            server.replay_lsn = 0
         return conn
 
     @staticmethod
