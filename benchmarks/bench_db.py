@@ -140,6 +140,49 @@ def bench_balancers(n: int, rounds: int) -> None:
         table(f"balancer choice, {size} endpoints (goal: a few microseconds)", samples, base)
 
 
+class _StubConnection:
+    async def fetchval(self, query: str, *args: object, **kwargs: object) -> int:
+        return 1
+
+
+class _StubPool:
+    """A pool that answers instantly: isolates the Python cost of routing from the network."""
+
+    def __init__(self) -> None:
+        self.conn = _StubConnection()
+
+    async def acquire(self) -> _StubConnection:
+        return self.conn
+
+    async def release(self, conn: object, **kwargs: object) -> None:
+        return None
+
+    async def fetchval(self, query: str) -> int:
+        conn = await self.acquire()
+        try:
+            return await conn.fetchval(query)
+        finally:
+            await self.release(conn)
+
+
+async def bench_overhead(n: int, rounds: int) -> None:
+    db = Database("postgresql://stub@127.0.0.1:1/x", ["postgresql://stub@127.0.0.1:2/x"])
+    replica = db._replicas[0]
+    replica.pool = _StubPool()  # type: ignore[assignment]
+    replica.available = True
+    db._balancer.mark_up(replica)
+    stub = _StubPool()
+    contenders = {
+        "stub pool.fetchval": lambda: stub.fetchval("SELECT 1"),
+        "Database.fetchval over stub": lambda: db.fetchval("SELECT 1"),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for label, op in contenders.items():
+            samples[label].append(await measure(op, n, 1))
+    table("routing overhead per read (no network)", samples, "stub pool.fetchval")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few iterations: a smoke run")
@@ -147,6 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     n, rounds = (200, 2) if args.quick else (3000, args.rounds)
     bench_balancers(20_000 if not args.quick else 2_000, rounds)
+    asyncio.run(bench_overhead(20_000 if not args.quick else 2_000, rounds))
     asyncio.run(bench_queries(n, rounds))
 
 

@@ -202,3 +202,13 @@ async def test_bad_per_read_max_lag_is_rejected(postgres_dsn: str, max_lag: obje
     async with Database(postgres_dsn) as db:
         with pytest.raises(ConfigurationError):
             await db.fetchval("SELECT 1", max_lag=max_lag)  # type: ignore[arg-type]
+
+
+async def test_an_exhausted_pool_times_out_instead_of_waiting_forever(postgres_dsn: str) -> None:
+    async with Database(postgres_dsn, min_size=1, max_size=1, acquire_timeout=0.2) as db:
+        async with db.primary.acquire():
+            with pytest.raises(TimeoutError):
+                await db.fetchval("SELECT 1")
+        assert await db.fetchval("SELECT 1") == 1
+        results = await asyncio.gather(*(db.fetchval("SELECT 1") for _ in range(5)))
+        assert results == [1] * 5  # queued callers are served as the connection frees up

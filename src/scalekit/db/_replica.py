@@ -48,6 +48,7 @@ class _Server:
         "dsn",
         "good_checks",
         "host",
+        "in_use",
         "lag",
         "monitor",
         "name",
@@ -69,6 +70,7 @@ class _Server:
         except ValueError:
             self.port = 5432
         self.pool: asyncpg.Pool[Any] | None = None
+        self.in_use = 0  # connections acquired through the Database and not yet released
         self.monitor: Any = None  # the health monitor's own connection
         self.available = False
         self.good_checks = 0
