@@ -386,7 +386,9 @@ class Database:
         if pool is None:
             return
         try:
-            await pool.release(conn, timeout=self._connect_timeout)
+            # no release timeout: it would cost two asyncio timeouts per call; the reset query is
+            # bounded by the pool's command_timeout like any other statement
+            await pool.release(conn)
         except Exception:  # a broken connection: the pool replaces it
             _log.debug("release failed on %s", server.name, exc_info=True)
         finally:
