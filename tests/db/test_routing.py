@@ -8,7 +8,7 @@ import pytest
 
 from scalekit.balance import RoundRobin
 from scalekit.db import Database
-from scalekit.errors import ConfigurationError, NoReplicaAvailableError
+from scalekit.errors import ConfigurationError, DatabaseError, NoReplicaAvailableError
 from scalekit.testing import FaultProxy, ManualClock
 
 pytestmark = [pytest.mark.postgres, pytest.mark.postgres_replica]
@@ -212,3 +212,18 @@ async def test_an_exhausted_pool_times_out_instead_of_waiting_forever(postgres_d
         assert await db.fetchval("SELECT 1") == 1
         results = await asyncio.gather(*(db.fetchval("SELECT 1") for _ in range(5)))
         assert results == [1] * 5  # queued callers are served as the connection frees up
+
+
+async def test_using_a_database_that_is_not_open_is_a_clear_error(postgres_dsn: str) -> None:
+    db = Database(postgres_dsn)
+    with pytest.raises(DatabaseError, match="not open"):
+        await db.fetchval("SELECT 1")
+
+
+async def test_pgbouncer_switch_and_pool_options_pass_through(postgres_dsn: str) -> None:
+    async with Database(postgres_dsn, pgbouncer=True, command_timeout=0.5) as db:
+        assert await db.fetchval("SELECT $1::int", 7) == 7
+        async with db.primary.acquire() as conn:
+            assert conn._con._stmt_cache.get_max_size() == 0  # no named prepared statements
+        with pytest.raises(TimeoutError):
+            await db.fetchval("SELECT pg_sleep(5)")  # command_timeout reached the pool

@@ -23,6 +23,7 @@ from scalekit.db._replica import ReplicaStatus, _Server
 from scalekit.db.handles import _WRITE_LSN, Handle, Transaction, _Connection, _Unavailable
 from scalekit.errors import (
     ConfigurationError,
+    DatabaseError,
     NoReplicaAvailableError,
     PrimaryNotFoundError,
     ReadOnlyPrimaryError,
@@ -345,6 +346,12 @@ class Database:
             _log.warning("primary discovery failed: %s", task.exception())
 
     async def _primary_server(self) -> _Server:
+        if self._primary.pool is None and self._discovery is None:
+            state = "closed" if self._closed else "not open"
+            raise DatabaseError(
+                f"the Database is {state}: use `async with Database(...) as db:` or "
+                "`await db.open()` (in the application's lifespan) before querying"
+            )
         if self._discovery is not None:
             await asyncio.shield(self._discovery)
         return self._primary
