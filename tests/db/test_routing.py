@@ -227,3 +227,18 @@ async def test_pgbouncer_switch_and_pool_options_pass_through(postgres_dsn: str)
             assert conn._con._stmt_cache.get_max_size() == 0  # no named prepared statements
         with pytest.raises(TimeoutError):
             await db.fetchval("SELECT pg_sleep(5)")  # command_timeout reached the pool
+
+
+async def test_p2c_steers_reads_away_from_a_slow_replica(postgres_dsn: str) -> None:
+    async with (
+        FaultProxy("127.0.0.1", 5433) as fast,
+        FaultProxy("127.0.0.1", 5433, latency=0.02) as slow,
+        Database(
+            postgres_dsn,
+            [_via("postgresql://postgres@127.0.0.1:5433/test", p.port) for p in (fast, slow)],
+            min_size=1,
+        ) as db,
+    ):
+        fast_pid = await db._replicas[0].pool.fetchval("SELECT pg_backend_pid()")  # type: ignore[union-attr]
+        pids = [await db.fetchval("SELECT pg_backend_pid()") for _ in range(40)]
+        assert pids.count(fast_pid) >= 35  # peak EWMA remembers the slow one's latency
