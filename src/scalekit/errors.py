@@ -33,6 +33,8 @@ Where a standard library type fits, the error inherits it too, so a scalekit tim
     │   ├── UnknownShardError (KeyError)          no shard of that name or for that key
     │   ├── ShardMovedError                       the router is stale: refresh and retry
     │   └── ShardUnavailableError                 the shard that owns the key is down
+    ├── BalanceError
+    │   └── NoEndpointAvailableError              every endpoint is down or excluded
     ├── DatabaseError
     │   ├── NoReplicaAvailableError               no replica is usable and fallback is off
     │   ├── PrimaryNotFoundError                  no candidate is a writable primary
@@ -55,6 +57,7 @@ Every message says what happened and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "BalanceError",
     "BrokerUnavailableError",
     "BulkheadFullError",
     "CacheBackendError",
@@ -71,6 +74,7 @@ __all__ = [
     "MessageDecodeError",
     "MessageTooLargeError",
     "MissingDependencyError",
+    "NoEndpointAvailableError",
     "NoReplicaAvailableError",
     "PrimaryNotFoundError",
     "PublishError",
@@ -268,6 +272,17 @@ class ShardMovedError(ShardingError):
 
 class ShardUnavailableError(ShardingError, ServiceUnavailableError):
     """The shard that owns the key is down or did not answer in time."""
+
+
+# -- balance ------------------------------------------------------------------------------------
+
+
+class BalanceError(ScalekitError):
+    """Base class of the errors raised by :mod:`scalekit.balance`."""
+
+
+class NoEndpointAvailableError(BalanceError, ServiceUnavailableError):
+    """No endpoint can take the call: all are marked down, ejected or excluded by the filter."""
 
 
 # -- db -----------------------------------------------------------------------------------------
