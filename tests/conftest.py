@@ -118,5 +118,17 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
         proc.close()
 
 
+# Tests that use the streaming replica share it: some pause its WAL replay, which makes it lag
+# for everyone else. They all run on one xdist worker, one after another (--dist loadgroup).
+REPLICA_GROUP = "replica_replay"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        uses_replica = "postgres_replica_dsn" in getattr(item, "fixturenames", ())
+        if uses_replica and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(REPLICA_GROUP))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     services.stop_containers()

@@ -42,7 +42,17 @@ def test_every_example_is_included_in_the_docs() -> None:
     assert not missing, f"examples no docs page includes: {missing}"
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def _param(path: Path) -> object:
+    # Examples on the shared replica run in its xdist group (see tests/conftest.py).
+    marks = (
+        [pytest.mark.xdist_group("replica_replay")]
+        if "postgres_replica" in _requirements(path)
+        else []
+    )
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
+@pytest.mark.parametrize("example", [_param(p) for p in EXAMPLES])
 def test_example_runs(example: Path, request: pytest.FixtureRequest, unique: str) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
