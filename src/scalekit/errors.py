@@ -31,6 +31,7 @@ Where a standard library type fits, the error inherits it too, so a scalekit tim
     │   ├── UnknownShardError (KeyError)          no shard of that name or for that key
     │   ├── ShardMovedError                       the router is stale: refresh and retry
     │   └── ShardUnavailableError                 the shard that owns the key is down
+    │       └── ShardTimeoutError (TimeoutError)  the shard did not answer in time
     ├── DatabaseError
     │   ├── NoReplicaAvailableError               no replica is usable and fallback is off
     │   ├── PrimaryNotFoundError                  no candidate is a writable primary
@@ -87,6 +88,7 @@ __all__ = [
     "SessionStoreUnavailableError",
     "SessionTooLargeError",
     "ShardMovedError",
+    "ShardTimeoutError",
     "ShardUnavailableError",
     "ShardingError",
     "SignatureError",
@@ -256,6 +258,10 @@ class ShardMovedError(ShardingError):
 
 class ShardUnavailableError(ShardingError, ServiceUnavailableError):
     """The shard that owns the key is down or did not answer in time."""
+
+
+class ShardTimeoutError(ShardUnavailableError, TimeoutError):
+    """The shard did not answer within its per-shard timeout (slow or hung)."""
 
 
 # -- db -----------------------------------------------------------------------------------------

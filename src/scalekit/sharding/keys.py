@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import uuid
 from hashlib import blake2b
-from typing import Union
+from typing import Any
 
 from scalekit.errors import InvalidShardKeyError
 
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: A value accepted as a shard key.
-ShardKey = Union[int, str, bytes, bytearray, memoryview, uuid.UUID, tuple["ShardKey", ...]]
+ShardKey = int | str | bytes | bytearray | memoryview | uuid.UUID | tuple[Any, ...]
 
 #: Keys whose canonical encoding is longer than this are refused (a key that large is a bug).
 MAX_KEY_BYTES = 65536

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -292,7 +293,7 @@ def _range_moves(old: RangeStrategy, new: RangeStrategy) -> list[RangeMove]:
     ordered = sorted(cuts)
     pieces: list[tuple[Any, Any]] = []
     edges: list[Any] = [None, *ordered, None]
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in itertools.pairwise(edges):
         if start is not None and end is not None and start >= end:
             continue
         pieces.append((start, end))

@@ -16,6 +16,7 @@ strategy           balance / movement           use it when
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from bisect import bisect_right
@@ -315,7 +316,7 @@ class RangeStrategy(Strategy):
         ConfigurationError: bounds are empty, unordered, or mix types.
     """
 
-    __slots__ = ("bounds", "by_hash", "_kind", "_lowers", "_owners")
+    __slots__ = ("_kind", "_lowers", "_owners", "bounds", "by_hash")
 
     def __init__(self, bounds: Sequence[tuple[Any, str]], *, by_hash: bool = False) -> None:
         bounds = [(low, shard) for low, shard in bounds]
@@ -332,7 +333,7 @@ class RangeStrategy(Strategy):
             raise ConfigurationError(
                 f"range bounds must all be int, all str or all bytes, got {sorted(map(str, kinds))}"
             )
-        if any(a >= b for a, b in zip(concrete, concrete[1:], strict=False)):
+        if any(a >= b for a, b in itertools.pairwise(concrete)):
             raise ConfigurationError(f"range bounds must increase strictly, got {concrete!r}")
         self.bounds = bounds
         self.by_hash = by_hash
@@ -362,8 +363,8 @@ class RangeStrategy(Strategy):
             end = starts[i + 1] if i + 1 < len(starts) else None
             out.append((low, end, shard))
         if self.by_hash and out[-1][1] is None:
-            start, _, shard = out[-1]
-            out[-1] = (start, 1 << 64, shard)
+            last_start, _, last_shard = out[-1]
+            out[-1] = (last_start, 1 << 64, last_shard)
             if out[0][0] is None:
                 out[0] = (0, out[0][1], out[0][2])
         return out
@@ -447,7 +448,7 @@ class RegionStrategy(Strategy):
             self.strategy: dict[str, Strategy] = dict(strategy)
         else:
             inner = strategy or JumpHash()
-            self.strategy = {region: inner for region in self.regions}
+            self.strategy = dict.fromkeys(self.regions, inner)
 
     def region_of(self, shard: str) -> str:
         """The region a shard belongs to.

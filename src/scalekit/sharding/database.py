@@ -1,0 +1,497 @@
+"""Sharded asyncpg pools: run a query on the shard that owns a key, or on every shard at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from scalekit._drivers import require
+from scalekit._redact import redact_text, redact_url
+from scalekit._telemetry import get_logger, meter, tracer
+from scalekit.errors import (
+    ConfigurationError,
+    ShardTimeoutError,
+    ShardUnavailableError,
+    UnknownShardError,
+)
+from scalekit.sharding.migration import MigratingRouter
+from scalekit.sharding.router import ShardRouter
+from scalekit.sharding.strategies import Strategy
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = ["ScatterResult", "ShardOutcome", "ShardSession", "ShardedDatabase"]
+
+logger = get_logger(__name__)
+
+AnyRouter = ShardRouter[Any] | MigratingRouter
+
+_METHODS = frozenset({"fetch", "fetchrow", "fetchval", "execute", "executemany"})
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    asyncpg = require("asyncpg")
+    exc = asyncpg.exceptions
+    return (
+        OSError,  # refused, reset, unreachable (TimeoutError is handled before)
+        exc.PostgresConnectionError,  # class 08: the connection failed or does not exist
+        exc.CannotConnectNowError,  # 57P03: starting up / shutting down
+        exc.AdminShutdownError,  # 57P01
+        exc.CrashShutdownError,  # 57P02
+        exc.TooManyConnectionsError,  # 53300
+        exc.InterfaceError,  # "connection is closed", "pool is closing"
+        ConnectionError,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOutcome:
+    """What one shard answered in a scatter: a value, or the error it failed with.
+
+    Attributes:
+        shard: the shard's name.
+        value: the query's result (``None`` when it failed).
+        error: the exception, or ``None`` on success.
+        elapsed: seconds the shard took (including waiting for a connection).
+    """
+
+    shard: str
+    value: Any
+    error: BaseException | None
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether the shard answered."""
+        return self.error is None
+
+
+class ScatterResult(Mapping[str, ShardOutcome]):
+    """Per-shard outcomes of :meth:`ShardedDatabase.scatter`: partial results are explicit.
+
+    It is a mapping shard name -> :class:`ShardOutcome`. ``values`` holds the shards that
+    answered, ``errors`` those that did not; :meth:`rows` concatenates rows and refuses to
+    silently drop a failed shard unless told to.
+    """
+
+    __slots__ = ("_outcomes",)
+
+    def __init__(self, outcomes: Sequence[ShardOutcome]) -> None:
+        self._outcomes = {o.shard: o for o in outcomes}
+
+    def __getitem__(self, shard: str) -> ShardOutcome:
+        return self._outcomes[shard]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outcomes)
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    @property
+    def values(self) -> dict[str, Any]:  # type: ignore[override]
+        """Shard name -> result, for the shards that answered."""
+        return {s: o.value for s, o in self._outcomes.items() if o.error is None}
+
+    @property
+    def errors(self) -> dict[str, BaseException]:
+        """Shard name -> exception, for the shards that failed."""
+        return {s: o.error for s, o in self._outcomes.items() if o.error is not None}
+
+    @property
+    def complete(self) -> bool:
+        """Whether every shard answered."""
+        return all(o.error is None for o in self._outcomes.values())
+
+    def raise_for_errors(self) -> None:
+        """Raise an :class:`ExceptionGroup` of every shard's error, if any shard failed.
+
+        Raises:
+            ExceptionGroup: with one exception per failed shard (use ``except*``).
+        """
+        errors = self.errors
+        if errors:
+            raise ExceptionGroup(
+                f"{len(errors)} of {len(self)} shards failed: {sorted(errors)}",
+                [e if isinstance(e, Exception) else RuntimeError(repr(e)) for e in errors.values()],
+            )
+
+    def rows(self, *, allow_partial: bool = False) -> list[Any]:
+        """Every shard's rows concatenated, in shard order.
+
+        Args:
+            allow_partial: return the rows of the shards that answered even if some failed.
+
+        Raises:
+            ExceptionGroup: some shard failed and ``allow_partial`` is false.
+        """
+        if not allow_partial:
+            self.raise_for_errors()
+        out: list[Any] = []
+        for outcome in self._outcomes.values():
+            if outcome.error is None and outcome.value is not None:
+                out.extend(outcome.value)
+        return out
+
+    def __repr__(self) -> str:
+        ok = sorted(self.values)
+        return f"ScatterResult(ok={ok}, failed={sorted(self.errors)})"
+
+
+class ShardSession:
+    """Queries for one key, routed to the shard that owns it (see :meth:`ShardedDatabase.for_key`).
+
+    Reads (``fetch``, ``fetchrow``, ``fetchval``) go to the read shard; ``execute`` and
+    ``executemany`` go to every write shard (two during a migration's dual-write phases).
+    Created with ``write=True``, the fetch methods also run as writes (``INSERT ... RETURNING``).
+    """
+
+    __slots__ = ("_db", "_epoch", "_router", "_shard", "key", "write")
+
+    def __init__(self, db: ShardedDatabase, key: Any, *, write: bool) -> None:
+        self._db = db
+        self.key = key
+        self.write = write
+        self._router = db.router
+        self._epoch = self._router.epoch
+        self._shard: str | None = None
+
+    async def shard(self) -> str:
+        """The name of the shard this session reads from (resolved once, then pinned)."""
+        if self._shard is None:
+            self._shard = await self._router.ashard_for(self.key)
+        return self._shard
+
+    async def _targets(self, write: bool) -> tuple[str, ...]:
+        shard = await self.shard()
+        current = self._db.router
+        if current is not self._router:
+            # The topology changed since this session routed the key: fail if it moved.
+            current.check(self.key, epoch=self._epoch, shard=shard)
+        if write and isinstance(current, MigratingRouter):
+            return current.write_shards(self.key)
+        return (shard,)
+
+    async def _run(self, method: str, write: bool, query: str, args: tuple[Any, ...]) -> Any:
+        targets = await self._targets(write)
+        result = await self._db._call(targets[0], method, query, args, None)
+        for extra in targets[1:]:
+            await self._db._call(extra, method, query, args, None)
+        return result
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        """``Connection.fetch`` on the owning shard."""
+        result: list[Any] = await self._run("fetch", self.write, query, args)
+        return result
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        """``Connection.fetchrow`` on the owning shard."""
+        return await self._run("fetchrow", self.write, query, args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        """``Connection.fetchval`` on the owning shard."""
+        return await self._run("fetchval", self.write, query, args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """``Connection.execute`` on every write shard; returns the primary's status."""
+        result: str = await self._run("execute", True, query, args)
+        return result
+
+    async def executemany(self, query: str, args: Sequence[Sequence[Any]]) -> None:
+        """``Connection.executemany`` on every write shard."""
+        targets = await self._targets(True)
+        for target in targets:
+            await self._db._call(target, "executemany", query, (args,), None)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection to the owning (read) shard for transactions and several statements.
+
+        During a migration's dual-write phases you write the second shard yourself
+        (or use :meth:`execute`).
+
+        Raises:
+            ShardUnavailableError: the shard cannot be reached within the timeout.
+        """
+        targets = await self._targets(self.write)
+        async with self._db.connection(targets[0]) as conn:
+            yield conn
+
+    def __repr__(self) -> str:
+        return f"ShardSession(key={self.key!r:.40}, shard={self._shard!r}, write={self.write})"
+
+
+class ShardedDatabase:
+    """Shard name -> asyncpg pool, routed by a :class:`ShardRouter` (or a migration).
+
+    ``for_key(k)`` sends queries to the shard that owns ``k``; :meth:`scatter` fans a query out
+    to every shard with bounded concurrency and a per-shard timeout and reports each shard's
+    result or error. A shard that is down fails only its own keys, with
+    :class:`~scalekit.errors.ShardUnavailableError` (or :class:`~scalekit.errors.ShardTimeoutError`
+    when it hangs); other shards keep serving.
+
+    Args:
+        pools: shard name -> ``asyncpg.Pool`` (any object with ``acquire()``/``release()``).
+        router: a :class:`ShardRouter` or :class:`MigratingRouter` over the same names, or a
+            strategy to build one (default :class:`JumpHash` over ``pools`` in order).
+        timeout: seconds allowed per shard call, connection wait included (``None``: no limit).
+        owns_pools: close the pools in :meth:`aclose` (set by :meth:`from_dsns`).
+
+    Raises:
+        ConfigurationError: the router names shards that have no pool, or a bad timeout.
+    """
+
+    def __init__(
+        self,
+        pools: Mapping[str, Any],
+        router: AnyRouter | Strategy | None = None,
+        *,
+        timeout: float | None = 30.0,
+        owns_pools: bool = False,
+    ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self._pools = dict(pools)
+        self.timeout = timeout
+        self._owns_pools = owns_pools
+        self._errors = _connection_errors()
+        if router is None or isinstance(router, Strategy):
+            router = ShardRouter(self._pools, router)
+        self._router: AnyRouter = router
+        self._check_names(router)
+        self._tracer = tracer()
+        self._failures = meter().create_counter(
+            "scalekit.sharding.shard_failures",
+            description="Shard calls that failed because the shard was down or too slow",
+        )
+
+    def _check_names(self, router: AnyRouter) -> None:
+        missing = sorted(set(router.names) - set(self._pools))
+        if missing:
+            raise ConfigurationError(f"the router uses shards that have no pool: {missing}")
+
+    @classmethod
+    async def from_dsns(
+        cls,
+        dsns: Mapping[str, str],
+        router: AnyRouter | Strategy | None = None,
+        *,
+        timeout: float | None = 30.0,  # noqa: ASYNC109 - a per-shard limit, stored
+        min_size: int = 0,
+        max_size: int = 10,
+        **pool_options: Any,
+    ) -> ShardedDatabase:
+        """Create one asyncpg pool per shard (lazily connected) and own them.
+
+        Args:
+            dsns: shard name -> PostgreSQL DSN.
+            router: as in the constructor.
+            timeout: seconds per shard call.
+            min_size: connections opened per pool up front (0: a down shard does not block
+                start-up; its keys fail until it is back).
+            max_size: connections per pool at most.
+            **pool_options: passed to ``asyncpg.create_pool``.
+        """
+        asyncpg = require("asyncpg")
+        pools: dict[str, Any] = {}
+        try:
+            for name, dsn in dsns.items():
+                pools[name] = asyncpg.create_pool(
+                    dsn, min_size=min_size, max_size=max_size, **pool_options
+                )
+                try:
+                    await pools[name]
+                except Exception as exc:
+                    if min_size:
+                        raise ShardUnavailableError(
+                            f"shard {name!r} ({redact_url(dsn)}) is unreachable: "
+                            f"{redact_text(str(exc))}"
+                        ) from exc
+                    raise
+        except BaseException:
+            for pool in pools.values():
+                pool.terminate()
+            raise
+        return cls(pools, router, timeout=timeout, owns_pools=True)
+
+    @property
+    def router(self) -> AnyRouter:
+        """The router in force."""
+        return self._router
+
+    @router.setter
+    def router(self, router: AnyRouter) -> None:
+        """Install a new router (a new epoch or a migration phase); sessions opened before it
+        raise :class:`~scalekit.errors.ShardMovedError` for keys that moved."""
+        self._check_names(router)
+        self._router = router
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        """Every shard name with a pool."""
+        return tuple(self._pools)
+
+    def pool(self, shard: str) -> Any:
+        """The pool of ``shard``.
+
+        Raises:
+            UnknownShardError: no shard has that name.
+        """
+        try:
+            return self._pools[shard]
+        except KeyError:
+            raise UnknownShardError(f"no shard named {shard!r}; shards are {self.shards}") from None
+
+    def for_key(self, key: Any, *, write: bool = False) -> ShardSession:
+        """Queries for ``key`` on the shard that owns it.
+
+        Args:
+            key: the shard key.
+            write: run ``fetch*`` calls as writes too (all write shards during a migration).
+        """
+        return ShardSession(self, key, write=write)
+
+    async def _call(
+        self, shard: str, method: str, query: str, args: tuple[Any, ...], per_shard: float | None
+    ) -> Any:
+        pool = self.pool(shard)
+        limit = self.timeout if per_shard is None else per_shard
+        conn = None
+        try:
+            async with asyncio.timeout(limit):
+                conn = await pool.acquire()
+                return await getattr(conn, method)(query, *args)
+        except TimeoutError as exc:
+            if conn is not None:
+                conn.terminate()  # a hung connection must never go back to the pool
+            self._failures.add(1, {"shard": shard, "reason": "timeout"})
+            raise ShardTimeoutError(
+                f"shard {shard!r} did not answer within {limit}s; its keys are unavailable, "
+                "other shards are not affected. Retry later or raise the timeout"
+            ) from exc
+        except self._errors as exc:
+            if conn is not None:
+                conn.terminate()
+            self._failures.add(1, {"shard": shard, "reason": "unavailable"})
+            raise ShardUnavailableError(
+                f"shard {shard!r} is unavailable ({type(exc).__name__}: "
+                f"{redact_text(str(exc))}); its keys fail until it is back, other shards "
+                "keep serving"
+            ) from exc
+        finally:
+            if conn is not None:
+                try:
+                    await pool.release(conn, timeout=limit)
+                except Exception:  # releasing a broken connection must not mask the result
+                    logger.debug("releasing a connection of shard %s failed", shard, exc_info=True)
+
+    @asynccontextmanager
+    async def connection(self, shard: str) -> AsyncIterator[asyncpg.Connection]:
+        """A connection to ``shard`` for several statements or a transaction.
+
+        Raises:
+            UnknownShardError: no shard has that name.
+            ShardUnavailableError: no connection within the timeout (``ShardTimeoutError``) or
+                the shard refused it.
+        """
+        pool = self.pool(shard)
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn = await pool.acquire()
+        except TimeoutError as exc:
+            raise ShardTimeoutError(
+                f"no connection to shard {shard!r} within {self.timeout}s"
+            ) from exc
+        except self._errors as exc:
+            raise ShardUnavailableError(
+                f"shard {shard!r} is unavailable ({type(exc).__name__}: {redact_text(str(exc))})"
+            ) from exc
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
+
+    async def scatter(
+        self,
+        query: str,
+        *args: Any,
+        method: str = "fetch",
+        shards: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-shard limit, not the call's
+    ) -> ScatterResult:
+        """Run ``query`` on every shard (or on ``shards``) and collect every shard's outcome.
+
+        Args:
+            query: the SQL to run.
+            *args: its parameters.
+            method: ``"fetch"`` (default), ``"fetchrow"``, ``"fetchval"`` or ``"execute"``.
+            shards: the shards to ask (default: all).
+            concurrency: shards queried at once at most (default: all at once).
+            timeout: seconds per shard, counted from when its turn starts (default: the
+                database's ``timeout``).
+
+        Returns:
+            A :class:`ScatterResult`; it never raises for a shard's failure, it reports it.
+
+        Raises:
+            ConfigurationError: unknown ``method`` or a ``concurrency`` below 1.
+            UnknownShardError: ``shards`` names an unknown shard.
+        """
+        if method not in _METHODS - {"executemany"}:
+            raise ConfigurationError(
+                f"scatter method must be fetch/fetchrow/fetchval/execute, not {method!r}"
+            )
+        if concurrency is not None and concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
+        names = list(self._pools) if shards is None else list(shards)
+        for name in names:
+            self.pool(name)
+        gate = asyncio.Semaphore(concurrency or len(names) or 1)
+        span_cm = self._tracer.start_as_current_span(
+            "scalekit.sharding.scatter", attributes={"db.system.name": "postgresql"}
+        )
+
+        async def one(shard: str) -> ShardOutcome:
+            async with gate:
+                start = time.monotonic()
+                try:
+                    value = await self._call(shard, method, query, args, timeout)
+                except Exception as exc:  # reported per shard, never raised from scatter
+                    return ShardOutcome(shard, None, exc, time.monotonic() - start)
+                return ShardOutcome(shard, value, None, time.monotonic() - start)
+
+        with span_cm as span:
+            outcomes = await asyncio.gather(*(one(name) for name in names))
+            result = ScatterResult(outcomes)
+            if span.is_recording():
+                span.set_attribute("scalekit.sharding.shards", len(names))
+                span.set_attribute("scalekit.sharding.failed_shards", sorted(result.errors))
+        return result
+
+    async def aclose(self) -> None:
+        """Close the pools if this object created them (:meth:`from_dsns`)."""
+        if self._owns_pools:
+            await asyncio.gather(
+                *(pool.close() for pool in self._pools.values()), return_exceptions=True
+            )
+
+    async def __aenter__(self) -> ShardedDatabase:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"ShardedDatabase(shards={list(self._pools)}, router={self._router!r})"
