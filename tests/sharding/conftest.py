@@ -51,7 +51,10 @@ async def shard_pools(shard_dsns: dict[str, str]) -> AsyncIterator[dict[str, obj
     """One small asyncpg pool per shard database."""
     import asyncpg
 
-    pools = {name: await asyncpg.create_pool(dsn, min_size=0, max_size=4) for name, dsn in shard_dsns.items()}
+    pools = {
+        name: await asyncpg.create_pool(dsn, min_size=0, max_size=4)
+        for name, dsn in shard_dsns.items()
+    }
     try:
         yield pools
     finally:

@@ -50,6 +50,14 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _terminate(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.terminate()
+        except Exception:  # already released by the driver after the connection was lost
+            logger.debug("terminating a broken connection failed", exc_info=True)
+
+
 @dataclass(frozen=True, slots=True)
 class ShardOutcome:
     """What one shard answered in a scatter: a value, or the error it failed with.
@@ -75,7 +83,7 @@ class ShardOutcome:
 class ScatterResult(Mapping[str, ShardOutcome]):
     """Per-shard outcomes of :meth:`ShardedDatabase.scatter`: partial results are explicit.
 
-    It is a mapping shard name -> :class:`ShardOutcome`. ``values`` holds the shards that
+    It is a mapping shard name -> :class:`ShardOutcome`. ``results`` holds the shards that
     answered, ``errors`` those that did not; :meth:`rows` concatenates rows and refuses to
     silently drop a failed shard unless told to.
     """
@@ -95,7 +103,7 @@ class ScatterResult(Mapping[str, ShardOutcome]):
         return len(self._outcomes)
 
     @property
-    def values(self) -> dict[str, Any]:  # type: ignore[override]
+    def results(self) -> dict[str, Any]:
         """Shard name -> result, for the shards that answered."""
         return {s: o.value for s, o in self._outcomes.items() if o.error is None}
 
@@ -140,7 +148,7 @@ class ScatterResult(Mapping[str, ShardOutcome]):
         return out
 
     def __repr__(self) -> str:
-        ok = sorted(self.values)
+        ok = sorted(self.results)
         return f"ScatterResult(ok={ok}, failed={sorted(self.errors)})"
 
 
@@ -368,16 +376,14 @@ class ShardedDatabase:
                 conn = await pool.acquire()
                 return await getattr(conn, method)(query, *args)
         except TimeoutError as exc:
-            if conn is not None:
-                conn.terminate()  # a hung connection must never go back to the pool
+            _terminate(conn)  # a hung connection must never go back to the pool
             self._failures.add(1, {"shard": shard, "reason": "timeout"})
             raise ShardTimeoutError(
                 f"shard {shard!r} did not answer within {limit}s; its keys are unavailable, "
                 "other shards are not affected. Retry later or raise the timeout"
             ) from exc
         except self._errors as exc:
-            if conn is not None:
-                conn.terminate()
+            _terminate(conn)
             self._failures.add(1, {"shard": shard, "reason": "unavailable"})
             raise ShardUnavailableError(
                 f"shard {shard!r} is unavailable ({type(exc).__name__}: "
@@ -478,9 +484,15 @@ class ShardedDatabase:
     async def aclose(self) -> None:
         """Close the pools if this object created them (:meth:`from_dsns`)."""
         if self._owns_pools:
-            await asyncio.gather(
-                *(pool.close() for pool in self._pools.values()), return_exceptions=True
-            )
+            await asyncio.gather(*(self._close(p) for p in self._pools.values()))
+
+    async def _close(self, pool: Any) -> None:
+        try:
+            async with asyncio.timeout(self.timeout or 10.0):
+                await pool.close()
+        except Exception:  # a hung shard must not hang shutdown: drop its connections
+            logger.warning("closing a shard pool did not finish; terminating it", exc_info=True)
+            pool.terminate()
 
     async def __aenter__(self) -> ShardedDatabase:
         return self

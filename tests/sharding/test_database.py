@@ -1,0 +1,237 @@
+"""ShardedDatabase against four real PostgreSQL shard databases, with faults injected."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from scalekit.errors import (
+    ConfigurationError,
+    ShardMovedError,
+    ShardTimeoutError,
+    ShardUnavailableError,
+    UnknownShardError,
+)
+from scalekit.sharding import ShardedDatabase, ShardRouter
+from scalekit.testing import FaultProxy
+
+pytestmark = pytest.mark.postgres
+
+
+def via(proxy: FaultProxy, dsn: str) -> str:
+    parts = urlsplit(dsn)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"{proxy.host}:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+@pytest.fixture
+async def db(shard_pools: dict[str, object], orders_table: str) -> AsyncIterator[ShardedDatabase]:
+    database = ShardedDatabase(shard_pools, timeout=10.0)
+    yield database
+
+
+async def insert(db: ShardedDatabase, table: str, order_id: int, customer: str) -> None:
+    await db.for_key(customer).execute(
+        f'INSERT INTO "{table}" (id, customer, amount) VALUES ($1, $2, $3)',
+        order_id,
+        customer,
+        order_id * 10,
+    )
+
+
+async def test_rows_land_on_the_shard_that_owns_their_key(
+    db: ShardedDatabase, orders_table: str, shard_pools: dict[str, asyncpg.Pool]
+) -> None:
+    customers = [f"customer-{i}" for i in range(40)]
+    for i, customer in enumerate(customers):
+        await insert(db, orders_table, i, customer)
+    for name, pool in shard_pools.items():
+        rows = await pool.fetch(f'SELECT customer FROM "{orders_table}"')
+        assert {r["customer"] for r in rows} == {
+            c for c in customers if db.router.shard_for(c) == name
+        }
+    row = await db.for_key("customer-7").fetchrow(
+        f'SELECT amount FROM "{orders_table}" WHERE customer = $1', "customer-7"
+    )
+    assert row["amount"] == 70
+    assert await db.for_key("customer-7").shard() == db.router.shard_for("customer-7")
+    assert len({db.router.shard_for(c) for c in customers}) == 4
+
+
+async def test_scatter_returns_every_shards_rows(db: ShardedDatabase, orders_table: str) -> None:
+    for i in range(20):
+        await insert(db, orders_table, i, f"c{i}")
+    result = await db.scatter(f'SELECT id FROM "{orders_table}"', concurrency=2)
+    assert result.complete and not result.errors
+    assert sorted(r["id"] for r in result.rows()) == list(range(20))
+    counts = await db.scatter(f'SELECT count(*) FROM "{orders_table}"', method="fetchval")
+    assert sum(counts.results.values()) == 20
+    assert all(outcome.ok for outcome in counts.values())
+
+
+async def test_sql_errors_pass_through_for_key_and_are_reported_by_scatter(
+    db: ShardedDatabase,
+) -> None:
+    with pytest.raises(asyncpg.UndefinedTableError):
+        await db.for_key(1).fetch("SELECT * FROM no_such_table_here")
+    result = await db.scatter("SELECT * FROM no_such_table_here")
+    assert set(result.errors) == set(db.shards)
+    assert all(isinstance(e, asyncpg.UndefinedTableError) for e in result.errors.values())
+    with pytest.raises(ExceptionGroup) as info:
+        result.rows()
+    assert info.group_contains(asyncpg.UndefinedTableError)
+
+
+async def test_bad_configuration_is_refused(shard_pools: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError, match="no pool"):
+        ShardedDatabase({"s0": shard_pools["s0"]}, ShardRouter(shard_pools))
+    with pytest.raises(ConfigurationError):
+        ShardedDatabase(shard_pools, timeout=0)
+    db = ShardedDatabase(shard_pools)
+    with pytest.raises(ConfigurationError):
+        await db.scatter("SELECT 1", method="drop_everything")
+    with pytest.raises(ConfigurationError):
+        await db.scatter("SELECT 1", concurrency=0)
+    with pytest.raises(UnknownShardError):
+        await db.scatter("SELECT 1", shards=["nope"])
+
+
+async def test_stale_session_raises_shard_moved_for_a_moved_key(
+    shard_pools: dict[str, object],
+) -> None:
+    three = {k: shard_pools[k] for k in ("s0", "s1", "s2")}
+    router = ShardRouter(three, epoch=1)
+    db = ShardedDatabase(shard_pools, router)
+    grown = router.evolve(shard_pools)
+    moved = next(k for k in range(1000) if router.shard_for(k) != grown.shard_for(k))
+    stayed = next(k for k in range(1000) if router.shard_for(k) == grown.shard_for(k))
+    moved_session, stayed_session = db.for_key(moved), db.for_key(stayed)
+    assert await moved_session.fetchval("SELECT 1") == 1  # routes and pins at epoch 1
+    assert await stayed_session.fetchval("SELECT 1") == 1
+    db.router = grown
+    with pytest.raises(ShardMovedError) as info:
+        await moved_session.fetchval("SELECT 1")
+    assert info.value.shard == grown.shard_for(moved) and info.value.current_epoch == 2
+    assert await stayed_session.fetchval("SELECT 1") == 1
+    assert await db.for_key(moved).fetchval("SELECT 1") == 1  # a fresh session is fine
+
+
+@pytest.fixture
+async def proxied(
+    shard_dsns: dict[str, str], orders_table: str
+) -> AsyncIterator[tuple[ShardedDatabase, dict[str, FaultProxy]]]:
+    """The four shards, each behind its own FaultProxy."""
+    target = urlsplit(shard_dsns["s0"])
+    proxies = {
+        name: await FaultProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+        for name in shard_dsns
+    }
+    db = await ShardedDatabase.from_dsns(
+        {name: via(proxies[name], dsn) for name, dsn in shard_dsns.items()},
+        timeout=5.0,
+        max_size=3,
+    )
+    try:
+        yield db, proxies
+    finally:
+        for proxy in proxies.values():
+            await proxy.restore()
+        await db.aclose()
+        for proxy in proxies.values():
+            await proxy.aclose()
+
+
+async def test_a_down_shard_fails_only_its_keys(
+    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]], orders_table: str
+) -> None:
+    db, proxies = proxied
+    keys = [f"k{i}" for i in range(60)]
+    for i, key in enumerate(keys):
+        await insert(db, orders_table, i, key)
+    await proxies["s2"].refuse()
+    await proxies["s2"].cut()  # open connections die too: the shard is gone
+    for key in keys:
+        session = db.for_key(key)
+        query = f'SELECT count(*) FROM "{orders_table}" WHERE customer = $1'
+        if db.router.shard_for(key) == "s2":
+            with pytest.raises(ShardUnavailableError, match="'s2'"):
+                await session.fetchval(query, key)
+        else:
+            assert await session.fetchval(query, key) == 1
+    result = await db.scatter(f'SELECT id FROM "{orders_table}"')
+    assert not result.complete
+    assert set(result.errors) == {"s2"}
+    assert isinstance(result.errors["s2"], ShardUnavailableError)
+    assert "password" not in str(result.errors["s2"]).lower()
+    with pytest.raises(ExceptionGroup):
+        result.rows()
+    partial = result.rows(allow_partial=True)
+    assert len(partial) == sum(1 for k in keys if db.router.shard_for(k) != "s2")
+    await proxies["s2"].restore()
+    back = await db.scatter(f'SELECT id FROM "{orders_table}"')
+    assert back.complete and len(back.rows()) == 60
+
+
+async def test_a_hung_shard_times_out_alone_in_scatter(
+    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]], orders_table: str
+) -> None:
+    db, proxies = proxied
+    for i in range(20):
+        await insert(db, orders_table, i, f"c{i}")
+    await db.scatter("SELECT 1")  # warm a connection on every shard
+    proxies["s1"].blackhole()
+    result = await db.scatter(f'SELECT id FROM "{orders_table}"', timeout=0.5)
+    assert set(result.errors) == {"s1"}
+    error = result.errors["s1"]
+    assert isinstance(error, ShardTimeoutError) and isinstance(error, TimeoutError)
+    assert isinstance(error, ShardUnavailableError)
+    assert result["s0"].ok and result["s1"].elapsed >= 0.5
+    await proxies["s1"].restore()
+    healed = await db.scatter(f'SELECT count(*) FROM "{orders_table}"', method="fetchval")
+    assert healed.complete and sum(healed.results.values()) == 20
+
+
+async def test_a_slow_shard_within_its_timeout_still_answers(
+    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]],
+) -> None:
+    db, proxies = proxied
+    proxies["s3"].latency = 0.05
+    result = await db.scatter("SELECT 1", method="fetchval", timeout=5.0)
+    assert result.complete
+    proxies["s3"].latency = 0.0
+
+
+async def test_a_connection_cut_mid_query_fails_that_shard_and_recovers(
+    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]],
+) -> None:
+    db, proxies = proxied
+    key = next(k for k in range(1000) if db.router.shard_for(k) == "s0")
+    session = db.for_key(key)
+    task = asyncio.ensure_future(session.fetchval("SELECT pg_sleep(5)"))
+    deadline = asyncio.get_running_loop().time() + 5
+    while proxies["s0"].connections == 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    await proxies["s0"].cut()
+    with pytest.raises(ShardUnavailableError):
+        await task
+    assert await db.for_key(key).fetchval("SELECT 2") == 2
+
+
+async def test_from_dsns_starts_with_a_shard_down(
+    shard_dsns: dict[str, str],
+) -> None:
+    target = urlsplit(shard_dsns["s0"])
+    proxy = await FaultProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    await proxy.refuse()
+    dsns = dict(shard_dsns)
+    dsns["s3"] = via(proxy, shard_dsns["s3"])
+    async with await ShardedDatabase.from_dsns(dsns, timeout=5.0) as db:
+        result = await db.scatter("SELECT 1", method="fetchval")
+        assert set(result.errors) == {"s3"}
+    await proxy.aclose()
