@@ -31,8 +31,7 @@ def via(proxy: FaultProxy, dsn: str) -> str:
 
 @pytest.fixture
 async def db(shard_pools: dict[str, object], orders_table: str) -> AsyncIterator[ShardedDatabase]:
-    database = ShardedDatabase(shard_pools, timeout=10.0)
-    yield database
+    return ShardedDatabase(shard_pools, timeout=10.0)
 
 
 async def insert(db: ShardedDatabase, table: str, order_id: int, customer: str) -> None:
@@ -67,7 +66,8 @@ async def test_scatter_returns_every_shards_rows(db: ShardedDatabase, orders_tab
     for i in range(20):
         await insert(db, orders_table, i, f"c{i}")
     result = await db.scatter(f'SELECT id FROM "{orders_table}"', concurrency=2)
-    assert result.complete and not result.errors
+    assert result.complete
+    assert not result.errors
     assert sorted(r["id"] for r in result.rows()) == list(range(20))
     counts = await db.scatter(f'SELECT count(*) FROM "{orders_table}"', method="fetchval")
     assert sum(counts.results.values()) == 20
@@ -116,7 +116,8 @@ async def test_stale_session_raises_shard_moved_for_a_moved_key(
     db.router = grown
     with pytest.raises(ShardMovedError) as info:
         await moved_session.fetchval("SELECT 1")
-    assert info.value.shard == grown.shard_for(moved) and info.value.current_epoch == 2
+    assert info.value.shard == grown.shard_for(moved)
+    assert info.value.current_epoch == 2
     assert await stayed_session.fetchval("SELECT 1") == 1
     assert await db.for_key(moved).fetchval("SELECT 1") == 1  # a fresh session is fine
 
@@ -174,7 +175,8 @@ async def test_a_down_shard_fails_only_its_keys(
     assert len(partial) == sum(1 for k in keys if db.router.shard_for(k) != "s2")
     await proxies["s2"].restore()
     back = await db.scatter(f'SELECT id FROM "{orders_table}"')
-    assert back.complete and len(back.rows()) == 60
+    assert back.complete
+    assert len(back.rows()) == 60
 
 
 async def test_a_hung_shard_times_out_alone_in_scatter(
@@ -188,12 +190,15 @@ async def test_a_hung_shard_times_out_alone_in_scatter(
     result = await db.scatter(f'SELECT id FROM "{orders_table}"', timeout=0.5)
     assert set(result.errors) == {"s1"}
     error = result.errors["s1"]
-    assert isinstance(error, ShardTimeoutError) and isinstance(error, TimeoutError)
+    assert isinstance(error, ShardTimeoutError)
+    assert isinstance(error, TimeoutError)
     assert isinstance(error, ShardUnavailableError)
-    assert result["s0"].ok and result["s1"].elapsed >= 0.5
+    assert result["s0"].ok
+    assert result["s1"].elapsed >= 0.5
     await proxies["s1"].restore()
     healed = await db.scatter(f'SELECT count(*) FROM "{orders_table}"', method="fetchval")
-    assert healed.complete and sum(healed.results.values()) == 20
+    assert healed.complete
+    assert sum(healed.results.values()) == 20
 
 
 async def test_a_slow_shard_within_its_timeout_still_answers(
@@ -207,16 +212,22 @@ async def test_a_slow_shard_within_its_timeout_still_answers(
 
 
 async def test_a_connection_cut_mid_query_fails_that_shard_and_recovers(
-    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]],
+    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]], shard_dsns: dict[str, str]
 ) -> None:
     db, proxies = proxied
     key = next(k for k in range(1000) if db.router.shard_for(k) == "s0")
-    session = db.for_key(key)
-    task = asyncio.ensure_future(session.fetchval("SELECT pg_sleep(5)"))
-    deadline = asyncio.get_running_loop().time() + 5
-    while proxies["s0"].connections == 0 and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    marker = f"SELECT pg_sleep(5) AS cut_{id(db)}"
+    task = asyncio.ensure_future(db.for_key(key).fetchval(marker))
+    observer = await asyncpg.connect(shard_dsns["s0"])
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await observer.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = $1", marker
+        ):
+            assert asyncio.get_running_loop().time() < deadline, "query never started"
+            await asyncio.sleep(0.01)
+    finally:
+        await observer.close()
     await proxies["s0"].cut()
     with pytest.raises(ShardUnavailableError):
         await task

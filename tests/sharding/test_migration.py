@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from scalekit.errors import ConfigurationError, ShardMovedError
@@ -50,7 +52,7 @@ def test_keys_that_stay_use_one_shard_in_every_phase(phase: MigrationPhase) -> N
 def test_adjacent_phases_write_where_the_other_reads() -> None:
     # A process one phase behind must still write where the newer phase reads.
     phases = list(MigrationPhase)
-    for earlier, later in zip(phases, phases[1:], strict=False):
+    for earlier, later in itertools.pairwise(phases):
         a, b = MigratingRouter(OLD, NEW, earlier), MigratingRouter(OLD, NEW, later)
         for key in range(300):
             assert b.shard_for(key) in a.write_shards(key)

@@ -31,7 +31,8 @@ def test_router_returns_names_and_objects() -> None:
     assert router.get("user:1") == f"postgresql://db{name[1:]}"
     assert router.shard("s2") == "postgresql://db2"
     assert router.names == ("s0", "s1", "s2", "s3")
-    assert len(router) == 4 and list(router) == list(router.names)
+    assert len(router) == 4
+    assert list(router) == list(router.names)
     assert "epoch=0" in repr(router)
 
 
@@ -66,7 +67,9 @@ def test_directory_router_refuses_sync_lookups() -> None:
 def test_evolve_bumps_the_epoch() -> None:
     old = ShardRouter(shards(4), epoch=3)
     new = old.evolve(shards(5))
-    assert new.epoch == 4 and len(new) == 5 and isinstance(new.strategy, JumpHash)
+    assert new.epoch == 4
+    assert len(new) == 5
+    assert isinstance(new.strategy, JumpHash)
 
 
 def test_stale_router_gets_shard_moved_only_for_keys_that_moved() -> None:
@@ -89,7 +92,8 @@ def test_plan_jump_n_to_n_plus_one_moves_about_one_over_n_plus_one() -> None:
     keys = range(100_000)
     plan = old.plan(new, keys=keys)
     assert plan.total == 100_000
-    assert plan.moved_fraction is not None and abs(plan.moved_fraction - 1 / 11) < 0.01
+    assert plan.moved_fraction is not None
+    assert abs(plan.moved_fraction - 1 / 11) < 0.01
     assert {target for _, target in plan.flows()} == {"s10"}
     assert sum(plan.flows().values()) == len(plan.moves)
     move = plan.moves[0]
@@ -103,11 +107,13 @@ def test_plan_shows_that_removing_a_middle_jump_shard_moves_most_keys() -> None:
     old = ShardRouter(shards(4))
     new = old.evolve({k: v for k, v in shards(4).items() if k != "s1"})
     plan = old.plan(new, keys=range(20_000))
-    assert plan.moved_fraction is not None and plan.moved_fraction > 0.4
+    assert plan.moved_fraction is not None
+    assert plan.moved_fraction > 0.4
     rendezvous_old = ShardRouter(shards(4), Rendezvous())
     rendezvous_new = rendezvous_old.evolve(new.shards)
     small = rendezvous_old.plan(rendezvous_new, keys=range(20_000))
-    assert small.moved_fraction is not None and small.moved_fraction < 0.3
+    assert small.moved_fraction is not None
+    assert small.moved_fraction < 0.3
     assert {source for source, _ in small.flows()} == {"s1"}
 
 
