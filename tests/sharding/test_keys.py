@@ -9,7 +9,7 @@ import uuid
 from hashlib import blake2b
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalekit.errors import InvalidShardKeyError
@@ -26,6 +26,7 @@ keys = st.one_of(
 
 
 @given(keys)
+@settings(deadline=None)
 def test_key_hash_is_a_64_bit_value_and_deterministic(key: object) -> None:
     h = key_hash(key)
     assert 0 <= h < 2**64

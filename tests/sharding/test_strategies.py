@@ -50,6 +50,7 @@ def test_jump_hash_matches_the_reference_implementation() -> None:
 
 
 @given(any_key, st.integers(min_value=1, max_value=2000))
+@settings(deadline=None)
 def test_jump_placement_equals_jump_of_key_hash(key: object, n: int) -> None:
     names = [f"s{i}" for i in range(n)]
     assert JumpHash().bind(names)(key) == names[jump_hash(key_hash(key), n)]
@@ -61,7 +62,7 @@ def test_jump_placement_equals_jump_of_key_hash(key: object, n: int) -> None:
     ids=repr,
 )
 @given(key=any_key)
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 def test_placement_is_deterministic_across_bindings(strategy: Strategy, key: object) -> None:
     assert strategy.bind(NAMES)(key) == strategy.bind(list(NAMES))(key)
 
@@ -92,7 +93,7 @@ def test_weighted_rendezvous_follows_weights() -> None:
 
 
 @given(st.lists(any_key, min_size=1, max_size=200), st.integers(min_value=1, max_value=60))
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 def test_jump_growing_moves_keys_only_to_the_new_shard(keys: list[object], n: int) -> None:
     before = JumpHash().bind([f"s{i}" for i in range(n)])
     after = JumpHash().bind([f"s{i}" for i in range(n + 1)])
@@ -102,7 +103,7 @@ def test_jump_growing_moves_keys_only_to_the_new_shard(keys: list[object], n: in
 
 
 @given(st.lists(any_key, min_size=1, max_size=200), st.sampled_from(NAMES))
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 def test_rendezvous_removing_a_shard_moves_only_its_keys(keys: list[object], gone: str) -> None:
     before = Rendezvous().bind(NAMES)
     after = Rendezvous().bind([n for n in NAMES if n != gone])
@@ -112,7 +113,7 @@ def test_rendezvous_removing_a_shard_moves_only_its_keys(keys: list[object], gon
 
 
 @given(st.lists(any_key, min_size=1, max_size=200))
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)
 def test_ring_adding_a_shard_moves_keys_only_to_it(keys: list[object]) -> None:
     before = HashRing(160, ketama=False).bind(NAMES)
     after = HashRing(160, ketama=False).bind([*NAMES, "s10"])
@@ -128,7 +129,7 @@ def test_moved_fraction_for_jump_10_to_11_is_about_one_eleventh() -> None:
 
 
 @given(st.lists(st.text(max_size=30) | st.integers(min_value=0, max_value=10**12), max_size=100))
-@settings(max_examples=40)
+@settings(max_examples=40, deadline=None)
 def test_ketama_ring_agrees_with_uhashring(keys: list[object]) -> None:
     theirs = uhashring.HashRing(NAMES, hash_fn="ketama")
     ours = HashRing(160).bind(NAMES)
