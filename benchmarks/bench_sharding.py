@@ -25,9 +25,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-import uhashring  # noqa: E402
+import uhashring
 
-from scalekit.sharding import (  # noqa: E402
+from scalekit.sharding import (
     HashRing,
     JumpHash,
     RangeStrategy,
