@@ -9,7 +9,13 @@ import os
 
 import asyncpg
 
-from scalekit.sharding import Backfill, MigratingRouter, MigrationPhase, ShardedDatabase, ShardRouter
+from scalekit.sharding import (
+    Backfill,
+    MigratingRouter,
+    MigrationPhase,
+    ShardedDatabase,
+    ShardRouter,
+)
 
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PREFIX = os.environ.get("SCALEKIT_EXAMPLE_PREFIX", "example")
