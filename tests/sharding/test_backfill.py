@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from scalekit.errors import ConfigurationError
+from scalekit.errors import ConfigurationError, ShardTimeoutError, ShardUnavailableError
 from scalekit.sharding import (
     Backfill,
     MigratingRouter,
@@ -18,6 +20,7 @@ from scalekit.sharding import (
     ShardedDatabase,
     ShardRouter,
 )
+from scalekit.testing import FaultProxy
 
 pytestmark = pytest.mark.postgres
 
@@ -251,3 +254,90 @@ async def test_backfill_refuses_unsafe_identifiers_and_missing_migration(
         Backfill(db, source="s0", target="s3", table='t"; DROP TABLE x; --', key_column="k")
     with pytest.raises(ConfigurationError, match="batch_size"):
         Backfill(db, source="s0", target="s3", table="t", key_column="k", batch_size=0)
+
+
+@pytest.fixture
+async def source_proxy(shard_dsns: dict[str, str]) -> AsyncIterator[tuple[FaultProxy, str]]:
+    """A FaultProxy in front of the server, and shard s0's DSN through it."""
+    target = urlsplit(shard_dsns["s0"])
+    proxy = await FaultProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    user, _, _ = target.netloc.rpartition("@")
+    dsn = urlunsplit(
+        target._replace(
+            netloc=f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+        )
+    )
+    try:
+        yield proxy, dsn
+    finally:
+        await proxy.aclose()
+
+
+async def seed(db: ShardedDatabase, table: str, count: int) -> None:
+    rows = [(i, customer_of(i), i) for i in range(count)]
+    by_shard: dict[str, list[tuple[int, str, int]]] = {}
+    for row in rows:
+        by_shard.setdefault(db.router.shard_for(row[1]), []).append(row)
+    for shard, batch in by_shard.items():
+        await db.pool(shard).executemany(
+            f'INSERT INTO "{table}" (id, customer, amount) VALUES ($1, $2, $3)', batch
+        )
+
+
+@pytest.mark.parametrize("fault", ["cut", "blackhole"])
+async def test_backfill_interrupted_by_a_shard_fault_resumes_after_it(
+    source_proxy: tuple[FaultProxy, str],
+    shard_pools: dict[str, asyncpg.Pool],
+    orders_table: str,
+    fault: str,
+) -> None:
+    proxy, dsn = source_proxy
+    source_pool = await asyncpg.create_pool(dsn, min_size=0, max_size=2)
+    try:
+        pools: dict[str, Any] = {**shard_pools, "s0": source_pool}
+        old = ShardRouter({k: pools[k] for k in ("s0", "s1", "s2")}, epoch=1)
+        new = old.evolve(pools)
+        db = ShardedDatabase(pools, MigratingRouter(old, new, MigrationPhase.BACKFILL), timeout=2.0)
+        await seed(ShardedDatabase(pools, old), orders_table, 1500)
+
+        def make() -> Backfill:
+            return Backfill(
+                db,
+                source="s0",
+                target="s3",
+                table=orders_table,
+                key_column="customer",
+                batch_size=20,
+                batch_timeout=1.0,
+            )
+
+        first = await make().run(max_batches=3)
+        assert first.scanned == 60
+        task = asyncio.ensure_future(make().run())
+        # Wait for the running copy to commit more batches, then break the source shard.
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await make().progress()).scanned < 100:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.005)
+        if fault == "cut":
+            await proxy.refuse()
+            await proxy.cut()
+            expected: type[Exception] = ShardUnavailableError
+        else:
+            proxy.blackhole()
+            expected = ShardTimeoutError
+        with pytest.raises(expected, match="run it again to resume"):
+            await task
+        interrupted = await make().progress()
+        assert not interrupted.done
+        await proxy.restore()
+        finished = await make().run()
+        assert finished.done
+        assert finished.scanned == sum(
+            1 for i in range(1500) if old.shard_for(customer_of(i)) == "s0"
+        )
+        report = await make().verify()
+        assert report.ok
+        assert report.source_rows == finished.copied
+    finally:
+        source_pool.terminate()

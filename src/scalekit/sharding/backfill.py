@@ -20,15 +20,18 @@ definition (the checksum is over the row's text form).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from scalekit._redact import redact_text
 from scalekit._telemetry import get_logger
-from scalekit.errors import ConfigurationError
+from scalekit.errors import ConfigurationError, ShardTimeoutError, ShardUnavailableError
 from scalekit.sharding.migration import MigratingRouter
 
 if TYPE_CHECKING:
@@ -120,6 +123,8 @@ class Backfill:
         name: the checkpoint's name (default ``"<table>:<source>-><target>"``).
         migration: the move (default: ``db.router``).
         state_table: where checkpoints live, on the target shard.
+        batch_timeout: seconds one batch (read, copy, checkpoint) may take; a hung shard then
+            fails the run with :class:`~scalekit.errors.ShardTimeoutError`.
 
     Raises:
         ConfigurationError: identifiers that are not plain SQL names, a batch size below 1,
@@ -139,7 +144,11 @@ class Backfill:
         name: str | None = None,
         migration: MigratingRouter | None = None,
         state_table: str = "scalekit_backfill",
+        batch_timeout: float = 60.0,
     ) -> None:
+        if not batch_timeout > 0:
+            raise ConfigurationError(f"batch_timeout must be > 0 seconds, got {batch_timeout!r}")
+        self.batch_timeout = batch_timeout
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size!r}")
         migration = migration if migration is not None else db.router  # type: ignore[assignment]
@@ -195,6 +204,21 @@ class Backfill:
             await self._ensure_state(conn)
             await conn.execute(f"DELETE FROM {self._state} WHERE name = $1", self.name)
 
+    @asynccontextmanager
+    async def _shard_errors(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except TimeoutError as exc:
+            raise ShardTimeoutError(
+                f"{what} of {self.name} got no answer from a shard within "
+                f"{self.batch_timeout}s; committed batches are kept: run it again to resume"
+            ) from exc
+        except self._db._errors as exc:
+            raise ShardUnavailableError(
+                f"{what} of {self.name} lost its connection to a shard ({type(exc).__name__}: "
+                f"{redact_text(str(exc))}); committed batches are kept: run it again to resume"
+            ) from exc
+
     async def run(self, *, max_batches: int | None = None) -> BackfillProgress:
         """Copy batches until the source is exhausted (or ``max_batches`` were copied).
 
@@ -208,14 +232,20 @@ class Backfill:
             The committed progress.
 
         Raises:
-            ShardUnavailableError: a shard is unreachable; run again later to resume.
+            ShardUnavailableError: a shard is unreachable or the connection broke mid-batch;
+                the batch in flight is rolled back, the checkpoint kept: run again to resume.
         """
+        async with self._shard_errors("the copy"):
+            return await self._run(max_batches)
+
+    async def _run(self, max_batches: int | None) -> BackfillProgress:
         progress = await self.progress()
         last, copied, scanned = progress.last_pk, progress.copied, progress.scanned
         batches = 0
         done = False
         while max_batches is None or batches < max_batches:
             async with (
+                asyncio.timeout(self.batch_timeout),
                 self._db.connection(self.source) as src,
                 self._db.connection(self.target) as dst,
                 src.transaction(isolation="read_committed"),
@@ -313,7 +343,14 @@ class Backfill:
 
         Returns:
             A :class:`VerifyReport` (of the state before any repair).
+
+        Raises:
+            ShardUnavailableError: a shard is unreachable or the connection broke.
         """
+        async with self._shard_errors("the verification"):
+            return await self._verify(repair)
+
+    async def _verify(self, repair: bool) -> VerifyReport:
         src_hash, dst_hash = hashlib.sha256(), hashlib.sha256()
         src_rows = dst_rows = repaired = 0
         missing: list[Any] = []
@@ -392,7 +429,15 @@ class Backfill:
 
         Returns:
             The number of rows deleted.
+
+        Raises:
+            ShardUnavailableError: a shard is unreachable or the connection broke; deleted
+                batches stay deleted, run it again to finish.
         """
+        async with self._shard_errors("the cleanup"):
+            return await self._cleanup()
+
+    async def _cleanup(self) -> int:
         deleted = 0
         last: Any = None
         async with self._db.connection(self.source) as src:

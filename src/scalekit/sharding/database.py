@@ -420,8 +420,17 @@ class ShardedDatabase:
             ) from exc
         try:
             yield conn
+        except BaseException as exc:
+            if isinstance(exc, (TimeoutError, asyncio.CancelledError, *self._errors)):
+                _terminate(conn)  # a broken or hung connection must not go back to the pool
+            raise
         finally:
-            await pool.release(conn)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await pool.release(conn)
+            except Exception:
+                logger.debug("releasing a connection of shard %s failed", shard, exc_info=True)
+                _terminate(conn)
 
     async def scatter(
         self,
