@@ -205,9 +205,31 @@ class Backfill:
             await conn.execute(f"DELETE FROM {self._state} WHERE name = $1", self.name)
 
     @asynccontextmanager
+    async def _transaction(self, conn: Any) -> AsyncIterator[None]:
+        # asyncpg's own context manager awaits ROLLBACK on any error, which hangs forever on a
+        # hung server: bound it, and drop the connection when it cannot be rolled back.
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            yield
+        except BaseException:
+            try:
+                async with asyncio.timeout(self.batch_timeout):
+                    await transaction.rollback()
+            except BaseException:
+                conn.terminate()
+            raise
+        await transaction.commit()
+
+    @asynccontextmanager
     async def _shard_errors(self, what: str) -> AsyncIterator[None]:
         try:
             yield
+        except ShardUnavailableError as exc:  # from acquiring a connection
+            raise type(exc)(
+                f"{what} of {self.name} stopped: {exc}. Committed batches are kept: "
+                "run it again to resume"
+            ) from exc
         except TimeoutError as exc:
             raise ShardTimeoutError(
                 f"{what} of {self.name} got no answer from a shard within "
@@ -248,7 +270,7 @@ class Backfill:
                 asyncio.timeout(self.batch_timeout),
                 self._db.connection(self.source) as src,
                 self._db.connection(self.target) as dst,
-                src.transaction(isolation="read_committed"),
+                self._transaction(src),
             ):
                 if last is None:
                     rows = await src.fetch(
@@ -264,11 +286,11 @@ class Backfill:
                     )
                 if not rows:
                     done = True
-                    async with dst.transaction():
+                    async with self._transaction(dst):
                         await self._save(dst, last, copied, scanned, True)
                     break
                 moving = [r for r in rows if self._moves(r[self.key_column])]
-                async with dst.transaction():
+                async with self._transaction(dst):
                     copied += await self._insert(dst, moving, update=False)
                     scanned += len(rows)
                     last = _json_pk(rows[-1][self.pk_column])
@@ -410,7 +432,7 @@ class Backfill:
         async with (
             self._db.connection(self.source) as src,
             self._db.connection(self.target) as dst,
-            src.transaction(),
+            self._transaction(src),
         ):
             rows = await src.fetch(
                 f"SELECT * FROM {self._table} WHERE {self._pk} = ANY($1) FOR SHARE", pks
@@ -418,7 +440,7 @@ class Backfill:
             rows = [r for r in rows if self._moves(r[self.key_column])]
             present = {r[self.pk_column] for r in rows}
             gone = [k for k in pks if k not in present]
-            async with dst.transaction():
+            async with self._transaction(dst):
                 await self._insert(dst, rows, update=True)
                 if gone:
                     await dst.execute(f"DELETE FROM {self._table} WHERE {self._pk} = ANY($1)", gone)
