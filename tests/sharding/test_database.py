@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,7 +17,14 @@ from scalekit.errors import (
     ShardUnavailableError,
     UnknownShardError,
 )
-from scalekit.sharding import ShardedDatabase, ShardRouter
+from scalekit.sharding import (
+    DirectoryStrategy,
+    JumpHash,
+    MemoryDirectoryStore,
+    RegionStrategy,
+    ShardedDatabase,
+    ShardRouter,
+)
 from scalekit.testing import FaultProxy
 
 pytestmark = pytest.mark.postgres
@@ -246,3 +254,57 @@ async def test_from_dsns_starts_with_a_shard_down(
         result = await db.scatter("SELECT 1", method="fetchval")
         assert set(result.errors) == {"s3"}
     await proxy.aclose()
+
+
+async def test_region_routing_fails_closed_when_a_region_shard_is_down(
+    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]],
+) -> None:
+    db, proxies = proxied
+    db.router = ShardRouter(
+        {name: db.pool(name) for name in db.shards},
+        RegionStrategy({"eu": ["s0", "s1"], "us": ["s2", "s3"]}),
+        epoch=1,
+    )
+    await proxies["s2"].refuse()
+    await proxies["s2"].cut()
+    served: Counter[str] = Counter()
+    for i in range(60):
+        key = ("us", f"user:{i}")
+        owner = db.router.shard_for(key)
+        assert owner in {"s2", "s3"}
+        if owner == "s2":
+            with pytest.raises(ShardUnavailableError, match="'s2'"):
+                await db.for_key(key).fetchval("SELECT current_database()")
+        else:
+            served[await db.for_key(key).fetchval("SELECT current_database()")] += 1
+        eu = ("eu", f"user:{i}")
+        served[await db.for_key(eu).fetchval("SELECT current_database()")] += 1
+    # Nothing was answered by s2's database, and US keys were never sent to an EU shard.
+    assert not any(name.endswith("_s2") for name in served)
+    with pytest.raises(UnknownShardError):
+        await db.for_key(("ap", 1)).fetchval("SELECT 1")
+
+
+async def test_directory_routed_database_resolves_keys_asynchronously(
+    shard_pools: dict[str, object],
+) -> None:
+    directory = DirectoryStrategy(MemoryDirectoryStore({"megacorp": "s3"}))
+    db = ShardedDatabase(shard_pools, directory)
+    assert await db.for_key("{megacorp}:order:1").shard() == "s3"
+    assert (await db.for_key("megacorp").fetchval("SELECT current_database()")).endswith("_s3")
+    default = JumpHash().bind(list(shard_pools))("tiny")
+    assert await db.for_key("tiny").shard() == default
+
+
+async def test_aclose_does_not_hang_on_a_hung_shard(shard_dsns: dict[str, str]) -> None:
+    target = urlsplit(shard_dsns["s0"])
+    proxy = await FaultProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    try:
+        dsns = {**shard_dsns, "s1": via(proxy, shard_dsns["s1"])}
+        db = await ShardedDatabase.from_dsns(dsns, timeout=0.5)
+        await db.scatter("SELECT 1")  # a connection open on every shard
+        proxy.blackhole()
+        async with asyncio.timeout(10):  # a guard against hanging forever, not a timing check
+            await db.aclose()
+    finally:
+        await proxy.aclose()
