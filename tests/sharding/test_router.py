@@ -101,6 +101,10 @@ def test_plan_jump_n_to_n_plus_one_moves_about_one_over_n_plus_one() -> None:
     assert plan.move_of(-1) is None
     assert sum(len(v) for v in plan.routes().values()) == len(plan.moves)
     assert "epoch 0 -> 1" in plan.summary()
+    assert sum(plan.loads_after.values()) == 100_000
+    assert plan.loads_after["s10"] == sum(plan.flows().values())
+    assert plan.balance_after is not None
+    assert plan.balance_after < 0.05
 
 
 def test_plan_shows_that_removing_a_middle_jump_shard_moves_most_keys() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -198,17 +199,23 @@ class ShardRouter(Generic[T]):
             fraction: float | None = None
             if self.strategy.by_hash:
                 fraction = sum(m.end - m.start for m in ranges) / float(1 << 64)
-            return ReshardPlan(self.epoch, new.epoch, 0, (), tuple(ranges), fraction)
+            return ReshardPlan(self.epoch, new.epoch, 0, (), tuple(ranges), fraction, {}, {})
         moves: list[KeyMove] = []
         total = 0
         old_for, new_for = self.shard_for, new.shard_for
+        before: Counter[str] = Counter(dict.fromkeys(self.names, 0))
+        after: Counter[str] = Counter(dict.fromkeys(new.names, 0))
         for key in keys:
             total += 1
             source, target = old_for(key), new_for(key)
+            before[source] += 1
+            after[target] += 1
             if source != target:
                 moves.append(KeyMove(key, source, target))
         fraction = len(moves) / total if total else 0.0
-        return ReshardPlan(self.epoch, new.epoch, total, tuple(moves), (), fraction)
+        return ReshardPlan(
+            self.epoch, new.epoch, total, tuple(moves), (), fraction, dict(before), dict(after)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +252,8 @@ class ReshardPlan:
         ranges: every range that changes shard (range strategies).
         moved_fraction: share of keys (or of the hash space) that moves; ``None`` for a range
             plan over raw keys, whose size is unknown.
+        loads_before: keys per shard under the old router (key plans).
+        loads_after: keys per shard under the new router (key plans).
     """
 
     old_epoch: int
@@ -253,10 +262,22 @@ class ReshardPlan:
     moves: tuple[KeyMove, ...]
     ranges: tuple[RangeMove, ...]
     moved_fraction: float | None
+    loads_before: dict[str, int] = field(default_factory=dict)
+    loads_after: dict[str, int] = field(default_factory=dict)
     _index: dict[Any, KeyMove] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {m.key: m for m in self.moves})
+
+    @property
+    def balance_after(self) -> float | None:
+        """Coefficient of variation (stddev / mean) of keys per shard after the move, or
+        ``None`` when no keys were evaluated. 0 is perfect; random placement of K keys on N
+        shards gives about ``sqrt(N / K)``."""
+        loads = list(self.loads_after.values())
+        if not loads or not sum(loads):
+            return None
+        return statistics.pstdev(loads) / statistics.fmean(loads)
 
     def routes(self) -> dict[tuple[str, str], list[Any]]:
         """Moving keys grouped by ``(source, target)``, one backfill per pair."""
@@ -277,6 +298,9 @@ class ReshardPlan:
         """One line per flow, for logs and change reviews."""
         pct = "?" if self.moved_fraction is None else f"{self.moved_fraction:.2%}"
         lines = [f"epoch {self.old_epoch} -> {self.new_epoch}: {pct} moves"]
+        balance = self.balance_after
+        if balance is not None:
+            lines[0] += f", load CoV after {balance:.2%}"
         if self.moves:
             lines += [f"  {s} -> {t}: {n} keys" for (s, t), n in sorted(self.flows().items())]
         lines += [f"  [{r.start!r}, {r.end!r}): {r.source} -> {r.target}" for r in self.ranges]
