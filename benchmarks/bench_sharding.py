@@ -66,7 +66,7 @@ def contenders(n: int) -> dict[str, Callable[[int], Lookup]]:
         return lambda key: shard_names[hash(key) % size]
 
     return {
-        "scalekit JumpHash": router(JumpHash()),
+        "scalekit JumpHash (cache off)": router(JumpHash(cache_size=0)),
         "scalekit Rendezvous": router(Rendezvous()),
         "scalekit HashRing ketama 160": router(HashRing(160)),
         "scalekit HashRing 1000 vnodes": router(HashRing(1000, ketama=False)),
@@ -118,8 +118,11 @@ def main() -> None:
         ("jump_hash(prehashed, 10)", lambda h: jump_hash(h, 10), pre),
         ("jump_hash(prehashed, 100)", lambda h: jump_hash(h, 100), pre),
     ]
-    jump10 = ShardRouter(dict.fromkeys(names(10))).shard_for
-    jump100 = ShardRouter(dict.fromkeys(names(100))).shard_for
+    jump10 = ShardRouter(dict.fromkeys(names(10)), JumpHash(cache_size=0)).shard_for
+    jump100 = ShardRouter(dict.fromkeys(names(100)), JumpHash(cache_size=0)).shard_for
+    warm10 = ShardRouter(dict.fromkeys(names(10)), JumpHash(cache_size=lookup_keys)).shard_for
+    for key in str_keys:
+        warm10(key)
     parts += [
         ("router.shard_for(str), N=10", jump10, str_keys),
         ("router.shard_for(int), N=10", jump10, int_keys),
@@ -131,8 +134,9 @@ def main() -> None:
             [f"{{t{i}}}:order" for i in range(lookup_keys)],
         ),
         ("builtin hash(str) % 10 (baseline)", lambda k: hash(k) % 10, str_keys),
+        ("router.shard_for(str), N=10, cached key", warm10, str_keys),
     ]
-    print("Jump hash path, ns per key (median)")
+    print("Jump hash path, ns per key (median; cold = every key computed, cache off)")
     print(f"  {'operation':<40} {'ns/key':>8}")
     for label, fn, keys in parts:
         print(f"  {label:<40} {per_key_ns(fn, keys, rounds):>8.0f}")
@@ -192,9 +196,12 @@ def main() -> None:
         f"\n  CoV noise floor of a perfect random placement: {floor10:.2f}% (N=10), "
         f"{floor100:.2f}% (N=100)"
     )
-    ns = table["scalekit JumpHash"][10]
+    ns = table["scalekit JumpHash (cache off)"][10]
     goal = "met" if ns < 1000 else "NOT met"
-    print(f"  Goal: jump hash lookup under 1 us per key including hashing: {ns:.0f} ns ({goal})")
+    print(
+        f"  Goal: jump hash lookup under 1 us per key including hashing, cold: {ns:.0f} ns "
+        f"({goal}); a key already in the router's cache: see the first table"
+    )
 
 
 if __name__ == "__main__":

@@ -224,3 +224,24 @@ def test_bad_shard_names_are_refused(names: list[str]) -> None:
 def test_rendezvous_weights_must_name_known_shards() -> None:
     with pytest.raises(ConfigurationError, match="unknown shards"):
         Rendezvous({"zz": 1.0}).bind(["a"])
+
+
+@given(st.lists(any_key, min_size=1, max_size=300))
+@settings(max_examples=40, deadline=None)
+def test_jump_cache_never_changes_an_answer(keys: list[object]) -> None:
+    cached = JumpHash(cache_size=8).bind(NAMES)  # tiny: it fills and restarts often
+    plain = JumpHash(cache_size=0).bind(NAMES)
+    for key in keys + keys:
+        assert cached(key) == plain(key)
+
+
+def test_jump_cache_does_not_let_equal_floats_or_bools_through() -> None:
+    place = JumpHash().bind(NAMES)
+    place(1)
+    place("1")
+    for bad in (1.0, True):
+        with pytest.raises(InvalidShardKeyError):
+            place(bad)
+    with pytest.raises(ConfigurationError):
+        JumpHash(cache_size=-1)
+    assert repr(JumpHash(cache_size=0)) == "JumpHash(cache_size=0)"

@@ -105,10 +105,25 @@ class JumpHash(Strategy):
 
     Shard ``i`` of the router's mapping is bucket ``i``: add shards at the END only. Removing
     or reordering any other shard moves most keys (``plan()`` shows it before you do it).
-    Lookup cost is O(log N) and it needs no memory; balance is the best of all strategies.
+    Lookup cost is O(log N); balance is the best of all strategies.
+
+    Placement is a pure function of the key and the shard list, so each bound router keeps
+    the answers for up to ``cache_size`` recent ``str``/``int`` keys (a hit costs a dict
+    lookup instead of a digest and the jump loop; when full, the cache starts over).
+
+    Args:
+        cache_size: answers remembered per bound router; 0 disables the cache.
+
+    Raises:
+        ConfigurationError: a negative ``cache_size``.
     """
 
-    __slots__ = ()
+    __slots__ = ("cache_size",)
+
+    def __init__(self, *, cache_size: int = 16_384) -> None:
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise ConfigurationError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        self.cache_size = cache_size
 
     def bind(self, shards: Sequence[str]) -> Placement:
         """Return ``key -> shard name`` with hashing and the jump loop inlined (hot path)."""
@@ -140,10 +155,30 @@ class JumpHash(Strategy):
                 j = to_int((b + 1) * (2147483648.0 / ((h >> 33) + 1)))
             return names[b]
 
-        return jump_placement
+        limit = self.cache_size
+        if not limit:
+            return jump_placement
+        cache: dict[Any, str] = {}
+        get = cache.get
+
+        def cached_jump_placement(key: Any) -> str:
+            kind = type(key)
+            if kind is str or kind is int:  # never bool/float: they compare equal to ints
+                name = get(key)
+                if name is None:
+                    name = jump_placement(key)
+                    if len(cache) >= limit:
+                        cache.clear()
+                    cache[key] = name
+                return name
+            return jump_placement(key)
+
+        return cached_jump_placement
 
     def __repr__(self) -> str:
-        return "JumpHash()"
+        return (
+            "JumpHash()" if self.cache_size == 16_384 else f"JumpHash(cache_size={self.cache_size})"
+        )
 
 
 class Rendezvous(Strategy):
