@@ -308,3 +308,40 @@ async def test_aclose_does_not_hang_on_a_hung_shard(shard_dsns: dict[str, str]) 
             await db.aclose()
     finally:
         await proxy.aclose()
+
+
+async def test_transaction_commits_and_rolls_back(db: ShardedDatabase, orders_table: str) -> None:
+    session = db.for_key("cust-a")
+    insert = f'INSERT INTO "{orders_table}" VALUES ($1, $2, 10)'
+    async with session.transaction() as conn:
+        await conn.execute(insert, 1, "cust-a")
+
+    async def duplicate() -> None:
+        async with session.transaction() as conn:
+            await conn.execute(insert, 2, "cust-a")
+            await conn.execute(insert, 1, "cust-a")
+
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await duplicate()
+    query = f'SELECT id FROM "{orders_table}" ORDER BY id'
+    assert [r["id"] for r in await session.fetch(query)] == [1]
+
+
+async def test_transaction_on_a_hung_shard_times_out_instead_of_hanging(
+    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]], orders_table: str
+) -> None:
+    db, proxies = proxied
+    key = next(f"k{i}" for i in range(1000) if db.router.shard_for(f"k{i}") == "s1")
+    insert = f'INSERT INTO "{orders_table}" VALUES ($1, $2, 1)'
+
+    async def hang_midway() -> None:
+        async with db.for_key(key).transaction(timeout=0.5) as conn:
+            await conn.execute(insert, 7, key)
+            proxies["s1"].blackhole()
+            await conn.execute(insert, 8, key)
+
+    with pytest.raises(ShardTimeoutError, match="did not finish within"):
+        await hang_midway()
+    await proxies["s1"].restore()
+    # Nothing was committed, and the hung connection was closed rather than reused.
+    assert await db.for_key(key).fetchval(f'SELECT count(*) FROM "{orders_table}"') == 0

@@ -231,6 +231,21 @@ class ShardSession:
         async with self._db.connection(targets[0]) as conn:
             yield conn
 
+    @asynccontextmanager
+    async def transaction(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - bounds the whole transaction
+        **options: Any,
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A bounded transaction on the owning shard (see :meth:`ShardedDatabase.transaction`).
+
+        During a migration's dual-write phases it runs on the primary write shard only.
+        """
+        targets = await self._targets(self.write)
+        async with self._db.transaction(targets[0], timeout=timeout, **options) as conn:
+            yield conn
+
     def __repr__(self) -> str:
         return f"ShardSession(key={self.key!r:.40}, shard={self._shard!r}, write={self.write})"
 
@@ -431,6 +446,68 @@ class ShardedDatabase:
             except Exception:
                 logger.debug("releasing a connection of shard %s failed", shard, exc_info=True)
                 _terminate(conn)
+
+    @asynccontextmanager
+    async def transaction(
+        self,
+        shard: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - bounds the whole transaction
+        **options: Any,
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction on ``shard`` that a hung shard cannot turn into a hung caller.
+
+        The whole block (BEGIN, your statements, COMMIT) must finish within ``timeout``
+        (default: the database's ``timeout``); a rollback after an error is bounded too, and
+        a connection that cannot be rolled back is closed instead of reused.
+
+        Args:
+            shard: the shard's name.
+            timeout: seconds for the whole transaction.
+            **options: ``Connection.transaction`` options (``isolation``, ``readonly``...).
+
+        Raises:
+            ShardTimeoutError: the transaction did not finish in time (it was rolled back,
+                or the connection was closed, which rolls it back on the server).
+            ShardUnavailableError: the shard was unreachable, or the connection broke
+                during COMMIT (the outcome of the commit is then unknown).
+        """
+        limit = self.timeout if timeout is None else timeout
+        async with self.connection(shard) as conn:
+            tx = conn.transaction(**options)
+            try:
+                async with asyncio.timeout(limit):
+                    await tx.start()
+                    yield conn
+            except TimeoutError as exc:
+                await self._rollback(tx, conn, limit)
+                self._failures.add(1, {"shard": shard, "reason": "timeout"})
+                raise ShardTimeoutError(
+                    f"a transaction on shard {shard!r} did not finish within {limit}s; it was "
+                    "rolled back (or its connection closed). Retry later or raise the timeout"
+                ) from exc
+            except BaseException:
+                await self._rollback(tx, conn, limit)
+                raise
+            commit_errors: tuple[type[BaseException], ...] = (TimeoutError, *self._errors)
+            try:
+                async with asyncio.timeout(limit):
+                    await tx.commit()
+            except commit_errors as exc:
+                _terminate(conn)
+                self._failures.add(1, {"shard": shard, "reason": "commit"})
+                raise ShardUnavailableError(
+                    f"COMMIT on shard {shard!r} got no answer ({type(exc).__name__}); the "
+                    "transaction may or may not have committed: check before retrying "
+                    "anything that is not idempotent"
+                ) from exc
+
+    async def _rollback(self, tx: Any, conn: Any, limit: float | None) -> None:
+        try:
+            async with asyncio.timeout(limit or 10.0):
+                await tx.rollback()
+        except BaseException:  # hung or broken: closing the connection rolls back server-side
+            _terminate(conn)
 
     async def scatter(
         self,
