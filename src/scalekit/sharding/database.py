@@ -15,9 +15,16 @@ from scalekit._redact import redact_text, redact_url
 from scalekit._telemetry import get_logger, meter, tracer
 from scalekit.errors import (
     ConfigurationError,
+    ShardMovedError,
     ShardTimeoutError,
     ShardUnavailableError,
     UnknownShardError,
+)
+from scalekit.sharding.fence import (
+    FENCE_SQLSTATE,
+    SET_EPOCH_SQL,
+    fence_install_sql,
+    raise_fence_sql,
 )
 from scalekit.sharding.migration import MigratingRouter
 from scalekit.sharding.router import ShardRouter
@@ -186,11 +193,15 @@ class ShardSession:
             return current.write_shards(self.key)
         return (shard,)
 
+    def _fence_epoch(self, write: bool) -> int | None:
+        return self._epoch if write and self._db.fenced else None
+
     async def _run(self, method: str, write: bool, query: str, args: tuple[Any, ...]) -> Any:
         targets = await self._targets(write)
-        result = await self._db._call(targets[0], method, query, args, None)
+        epoch = self._fence_epoch(write)
+        result = await self._db._call(targets[0], method, query, args, None, epoch)
         for extra in targets[1:]:
-            await self._db._call(extra, method, query, args, None)
+            await self._db._call(extra, method, query, args, None, epoch)
         return result
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
@@ -215,7 +226,9 @@ class ShardSession:
         """``Connection.executemany`` on every write shard."""
         targets = await self._targets(True)
         for target in targets:
-            await self._db._call(target, "executemany", query, (args,), None)
+            await self._db._call(
+                target, "executemany", query, (args,), None, self._fence_epoch(True)
+            )
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -243,7 +256,9 @@ class ShardSession:
         During a migration's dual-write phases it runs on the primary write shard only.
         """
         targets = await self._targets(self.write)
-        async with self._db.transaction(targets[0], timeout=timeout, **options) as conn:
+        async with self._db.transaction(
+            targets[0], timeout=timeout, epoch=self._fence_epoch(True), **options
+        ) as conn:
             yield conn
 
     def __repr__(self) -> str:
@@ -265,6 +280,9 @@ class ShardedDatabase:
             strategy to build one (default :class:`JumpHash` over ``pools`` in order).
         timeout: seconds allowed per shard call, connection wait included (``None``: no limit).
         owns_pools: close the pools in :meth:`aclose` (set by :meth:`from_dsns`).
+        fenced: tag every write with the routing epoch so shards fenced with
+            :meth:`install_fence` / :meth:`raise_fence` refuse writes of stale routers
+            (one extra round trip per write).
 
     Raises:
         ConfigurationError: the router names shards that have no pool, or a bad timeout.
@@ -277,13 +295,16 @@ class ShardedDatabase:
         *,
         timeout: float | None = 30.0,
         owns_pools: bool = False,
+        fenced: bool = False,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self._pools = dict(pools)
         self.timeout = timeout
         self._owns_pools = owns_pools
+        self.fenced = fenced
         self._errors = _connection_errors()
+        self._pg_error: type[Exception] = require("asyncpg").PostgresError
         if router is None or isinstance(router, Strategy):
             router = ShardRouter(self._pools, router)
         self._router: AnyRouter = router
@@ -380,8 +401,28 @@ class ShardedDatabase:
         """
         return ShardSession(self, key, write=write)
 
+    def _moved(self, exc: BaseException, shard: str, epoch: int | None) -> ShardMovedError | None:
+        if not (isinstance(exc, self._pg_error) and getattr(exc, "sqlstate", "") == FENCE_SQLSTATE):
+            return None
+        try:
+            current = int(getattr(exc, "detail", "") or -1)
+        except ValueError:
+            current = -1
+        return ShardMovedError(
+            f"shard {shard!r} is fenced at epoch {current} and refused a write routed at epoch "
+            f"{epoch}: the topology changed, refresh the router and retry",
+            epoch=-1 if epoch is None else epoch,
+            current_epoch=current,
+        )
+
     async def _call(
-        self, shard: str, method: str, query: str, args: tuple[Any, ...], per_shard: float | None
+        self,
+        shard: str,
+        method: str,
+        query: str,
+        args: tuple[Any, ...],
+        per_shard: float | None,
+        epoch: int | None = None,
     ) -> Any:
         pool = self.pool(shard)
         limit = self.timeout if per_shard is None else per_shard
@@ -389,6 +430,8 @@ class ShardedDatabase:
         try:
             async with asyncio.timeout(limit):
                 conn = await pool.acquire()
+                if epoch is not None:
+                    await conn.execute(SET_EPOCH_SQL, str(epoch), False)
                 return await getattr(conn, method)(query, *args)
         except TimeoutError as exc:
             _terminate(conn)  # a hung connection must never go back to the pool
@@ -405,6 +448,11 @@ class ShardedDatabase:
                 f"{redact_text(str(exc))}); its keys fail until it is back, other shards "
                 "keep serving"
             ) from exc
+        except Exception as exc:
+            moved = self._moved(exc, shard, epoch)
+            if moved is not None:
+                raise moved from exc
+            raise
         finally:
             if conn is not None:
                 try:
@@ -453,6 +501,7 @@ class ShardedDatabase:
         shard: str,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - bounds the whole transaction
+        epoch: int | None = None,
         **options: Any,
     ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction on ``shard`` that a hung shard cannot turn into a hung caller.
@@ -464,6 +513,8 @@ class ShardedDatabase:
         Args:
             shard: the shard's name.
             timeout: seconds for the whole transaction.
+            epoch: the routing epoch to tag the transaction's writes with (fenced shards
+                refuse older ones); ``None``: not fenced.
             **options: ``Connection.transaction`` options (``isolation``, ``readonly``...).
 
         Raises:
@@ -478,6 +529,8 @@ class ShardedDatabase:
             try:
                 async with asyncio.timeout(limit):
                     await tx.start()
+                    if epoch is not None:
+                        await conn.execute(SET_EPOCH_SQL, str(epoch), True)
                     yield conn
             except TimeoutError as exc:
                 await self._rollback(tx, conn, limit)
@@ -486,8 +539,11 @@ class ShardedDatabase:
                     f"a transaction on shard {shard!r} did not finish within {limit}s; it was "
                     "rolled back (or its connection closed). Retry later or raise the timeout"
                 ) from exc
-            except BaseException:
+            except BaseException as exc:
                 await self._rollback(tx, conn, limit)
+                moved = self._moved(exc, shard, epoch)
+                if moved is not None:
+                    raise moved from exc
                 raise
             commit_errors: tuple[type[BaseException], ...] = (TimeoutError, *self._errors)
             try:
@@ -501,6 +557,37 @@ class ShardedDatabase:
                     "transaction may or may not have committed: check before retrying "
                     "anything that is not idempotent"
                 ) from exc
+
+    async def install_fence(self, *tables: str, shards: Sequence[str] | None = None) -> None:
+        """Install the write fence (table, function, and a trigger per table) on every shard.
+
+        Idempotent. See :mod:`scalekit.sharding.fence`.
+
+        Args:
+            *tables: the sharded tables to fence.
+            shards: the shards to install on (default: all).
+
+        Raises:
+            ConfigurationError: a table name is not a plain SQL identifier.
+        """
+        statements = [sql for table in tables for sql in fence_install_sql(table)]
+        for shard in self.shards if shards is None else shards:
+            async with self.connection(shard) as conn:
+                for sql in statements:
+                    await conn.execute(sql)
+
+    async def raise_fence(self, epoch: int, shards: Sequence[str] | None = None) -> None:
+        """Refuse, from now on, writes routed at an epoch below ``epoch`` on these shards.
+
+        Returns once every write that already passed the old fence has finished.
+
+        Args:
+            epoch: the new fence (a fence never goes down).
+            shards: the shards to fence (default: all).
+        """
+        for shard in self.shards if shards is None else shards:
+            async with self.connection(shard) as conn:
+                await conn.execute(raise_fence_sql(), epoch)
 
     async def _rollback(self, tx: Any, conn: Any, limit: float | None) -> None:
         try:
