@@ -79,6 +79,7 @@ async def test_scatter_returns_every_shards_rows(db: ShardedDatabase, orders_tab
     assert sorted(r["id"] for r in result.rows()) == list(range(20))
     counts = await db.scatter(f'SELECT count(*) FROM "{orders_table}"', method="fetchval")
     assert sum(counts.results.values()) == 20
+    assert sorted(counts.rows()) == sorted(counts.results.values())
     assert all(outcome.ok for outcome in counts.values())
 
 

@@ -138,7 +138,8 @@ class ScatterResult(Mapping[str, ShardOutcome]):
             )
 
     def rows(self, *, allow_partial: bool = False) -> list[Any]:
-        """Every shard's rows concatenated, in shard order.
+        """Every shard's rows concatenated, in shard order (one value per shard for
+        ``fetchrow``/``fetchval``/``execute``).
 
         Args:
             allow_partial: return the rows of the shards that answered even if some failed.
@@ -151,7 +152,10 @@ class ScatterResult(Mapping[str, ShardOutcome]):
         out: list[Any] = []
         for outcome in self._outcomes.values():
             if outcome.error is None and outcome.value is not None:
-                out.extend(outcome.value)
+                if isinstance(outcome.value, list):
+                    out.extend(outcome.value)
+                else:  # fetchrow / fetchval / execute: one value per shard
+                    out.append(outcome.value)
         return out
 
     def __repr__(self) -> str:
