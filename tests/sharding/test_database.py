@@ -295,6 +295,15 @@ async def test_directory_routed_database_resolves_keys_asynchronously(
     assert (await db.for_key("megacorp").fetchval("SELECT current_database()")).endswith("_s3")
     default = JumpHash().bind(list(shard_pools))("tiny")
     assert await db.for_key("tiny").shard() == default
+    # Reassigning the tenant under a new router makes a session that routed it stale.
+    session = db.for_key("megacorp")
+    assert await session.fetchval("SELECT 1") == 1
+    moved = DirectoryStrategy(MemoryDirectoryStore({"megacorp": "s0"}))
+    db.router = ShardRouter(shard_pools, moved, epoch=1)
+    with pytest.raises(ShardMovedError) as info:
+        await session.fetchval("SELECT 1")
+    assert info.value.shard == "s0"
+    assert await db.for_key("megacorp").shard() == "s0"
 
 
 async def test_aclose_does_not_hang_on_a_hung_shard(shard_dsns: dict[str, str]) -> None:

@@ -192,7 +192,7 @@ class ShardSession:
         current = self._db.router
         if current is not self._router:
             # The topology changed since this session routed the key: fail if it moved.
-            current.check(self.key, epoch=self._epoch, shard=shard)
+            await current.acheck(self.key, epoch=self._epoch, shard=shard)
         if write and isinstance(current, MigratingRouter):
             return current.write_shards(self.key)
         return (shard,)

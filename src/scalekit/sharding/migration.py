@@ -155,6 +155,10 @@ class MigratingRouter:
             shard=owner,
         )
 
+    async def acheck(self, key: Any, *, epoch: int, shard: str) -> None:
+        """Async form of :meth:`check` (same result)."""
+        self.check(key, epoch=epoch, shard=shard)
+
     def __repr__(self) -> str:
         return (
             f"MigratingRouter(epoch {self.old.epoch} -> {self.new.epoch}, phase={self.phase.name})"

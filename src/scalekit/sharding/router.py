@@ -159,7 +159,19 @@ class ShardRouter(Generic[T]):
         """
         if epoch == self.epoch:
             return
-        owner = self.shard_for(key)
+        self._refuse_if_moved(key, epoch, shard, self.shard_for(key))
+
+    async def acheck(self, key: Any, *, epoch: int, shard: str) -> None:
+        """Async form of :meth:`check`; works with every strategy, including the directory.
+
+        Raises:
+            ShardMovedError: as :meth:`check`.
+        """
+        if epoch == self.epoch:
+            return
+        self._refuse_if_moved(key, epoch, shard, await self._ashard_for(key))
+
+    def _refuse_if_moved(self, key: Any, epoch: int, shard: str, owner: str) -> None:
         if epoch < self.epoch and owner == shard:
             return
         raise ShardMovedError(
