@@ -355,3 +355,23 @@ async def test_transaction_on_a_hung_shard_times_out_instead_of_hanging(
     await proxies["s1"].restore()
     # Nothing was committed, and the hung connection was closed rather than reused.
     assert await db.for_key(key).fetchval(f'SELECT count(*) FROM "{orders_table}"') == 0
+
+
+async def test_scatter_with_one_shard_down_one_hung_and_one_slow(
+    proxied: tuple[ShardedDatabase, dict[str, FaultProxy]],
+) -> None:
+    db, proxies = proxied
+    await db.scatter("SELECT 1")  # warm connections everywhere
+    await proxies["s2"].refuse()
+    await proxies["s2"].cut()
+    proxies["s1"].blackhole()
+    proxies["s3"].latency = 0.05
+    result = await db.scatter(
+        "SELECT current_database()", method="fetchval", concurrency=2, timeout=1.0
+    )
+    assert sorted(result.results) == ["s0", "s3"]
+    assert isinstance(result.errors["s2"], ShardUnavailableError)
+    assert not isinstance(result.errors["s2"], ShardTimeoutError)
+    assert isinstance(result.errors["s1"], ShardTimeoutError)
+    assert result.results["s3"].endswith("_s3")
+    proxies["s3"].latency = 0.0
