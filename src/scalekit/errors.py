@@ -33,6 +33,7 @@ Where a standard library type fits, the error inherits it too, so a scalekit tim
     │   ├── UnknownShardError (KeyError)          no shard of that name or for that key
     │   ├── ShardMovedError                       the router is stale: refresh and retry
     │   └── ShardUnavailableError                 the shard that owns the key is down
+    │       └── ShardTimeoutError (TimeoutError)  the shard did not answer in time
     ├── BalanceError
     │   └── NoEndpointAvailableError              every endpoint is down or excluded
     ├── DatabaseError
@@ -95,6 +96,7 @@ __all__ = [
     "SessionStoreUnavailableError",
     "SessionTooLargeError",
     "ShardMovedError",
+    "ShardTimeoutError",
     "ShardUnavailableError",
     "ShardingError",
     "SignatureError",
@@ -272,6 +274,10 @@ class ShardMovedError(ShardingError):
 
 class ShardUnavailableError(ShardingError, ServiceUnavailableError):
     """The shard that owns the key is down or did not answer in time."""
+
+
+class ShardTimeoutError(ShardUnavailableError, TimeoutError):
+    """The shard did not answer within its per-shard timeout (slow or hung)."""
 
 
 # -- balance ------------------------------------------------------------------------------------

@@ -1,8 +1,67 @@
-"""Shard routing (jump hash, rendezvous, ring, range, directory, region), resharding plans and sharded pools.
+"""Shard routing, resharding plans and moves, and sharded asyncpg pools with scatter-gather.
 
-Coming: this primitive is being built.
+Import what you need from here::
+
+    from scalekit.sharding import JumpHash, ShardedDatabase, ShardRouter
+
+Nothing here imports asyncpg or redis until a backend that needs it is constructed.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from scalekit.sharding.backfill import Backfill, BackfillProgress, VerifyReport
+from scalekit.sharding.database import ScatterResult, ShardedDatabase, ShardOutcome, ShardSession
+from scalekit.sharding.directory import (
+    DirectoryStore,
+    DirectoryStrategy,
+    MemoryDirectoryStore,
+    PostgresDirectoryStore,
+    RedisDirectoryStore,
+)
+from scalekit.sharding.keys import MAX_KEY_BYTES, ShardKey, directory_key, hash_tag, key_hash
+from scalekit.sharding.migration import MigratingRouter, MigrationPhase
+from scalekit.sharding.router import KeyMove, RangeMove, ReshardPlan, ShardRouter
+from scalekit.sharding.strategies import (
+    HashRing,
+    JumpHash,
+    Placement,
+    RangeStrategy,
+    RegionStrategy,
+    Rendezvous,
+    Strategy,
+    jump_hash,
+)
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "Backfill",
+    "BackfillProgress",
+    "DirectoryStore",
+    "DirectoryStrategy",
+    "HashRing",
+    "JumpHash",
+    "KeyMove",
+    "MemoryDirectoryStore",
+    "MigratingRouter",
+    "MigrationPhase",
+    "Placement",
+    "PostgresDirectoryStore",
+    "RangeMove",
+    "RangeStrategy",
+    "RedisDirectoryStore",
+    "RegionStrategy",
+    "Rendezvous",
+    "ReshardPlan",
+    "ScatterResult",
+    "ShardKey",
+    "ShardOutcome",
+    "ShardRouter",
+    "ShardSession",
+    "ShardedDatabase",
+    "Strategy",
+    "VerifyReport",
+    "directory_key",
+    "hash_tag",
+    "jump_hash",
+    "key_hash",
+]

@@ -10,6 +10,7 @@ from scalekit.queue.dedup import MemoryDedupStore
 from scalekit.queue.memory import MemoryBroker
 from scalekit.resilience.store import InMemoryBreakerStore
 from scalekit.sessions.memory import MemorySessionBackend
+from scalekit.sharding.directory import MemoryDirectoryStore
 from scalekit.testing.clock import ManualClock
 from scalekit.testing.proxy import FaultProxy
 
@@ -19,5 +20,6 @@ __all__ = [
     "ManualClock",
     "MemoryBroker",
     "MemoryDedupStore",
+    "MemoryDirectoryStore",
     "MemorySessionBackend",
 ]

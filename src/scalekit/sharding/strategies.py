@@ -1,0 +1,531 @@
+"""Placement strategies: how a key's stable hash (or the key itself) picks one shard name.
+
+A strategy is configuration: :meth:`Strategy.bind` turns it into a placement function for one
+list of shard names, so the same ``JumpHash()`` serves the router before and after a reshard.
+
+=================  ===========================  =============================================
+strategy           balance / movement           use it when
+=================  ===========================  =============================================
+``JumpHash``       best / minimal (1/(N+1))     shards are numbered and only added at the end
+``Rendezvous``     best / minimal, weighted     shards are named, removed arbitrarily, or weighted
+``HashRing``       ~1/sqrt(vnodes) / minimal    you must agree with a ketama client (memcached)
+``RangeStrategy``  what you choose / explicit   ordered keys, or moving hash ranges by hand
+``RegionStrategy`` per region                   data must stay in its region (residency)
+=================  ===========================  =============================================
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from bisect import bisect_right
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from hashlib import blake2b, md5
+from typing import Any
+
+from scalekit.errors import ConfigurationError, InvalidShardKeyError, UnknownShardError
+from scalekit.sharding.keys import _bytes_tag, directory_key, hash_tag, key_hash, mix64
+
+__all__ = [
+    "HashRing",
+    "JumpHash",
+    "Placement",
+    "RangeStrategy",
+    "RegionStrategy",
+    "Rendezvous",
+    "Strategy",
+    "jump_hash",
+]
+
+_MASK = 0xFFFFFFFFFFFFFFFF
+_TWO_64 = float(1 << 64)
+
+#: A bound strategy: key -> shard name.
+Placement = Callable[[Any], str]
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    """Lamping and Veach's jump consistent hash of a 64-bit ``key`` into ``buckets`` buckets.
+
+    Args:
+        key: an integer in ``[0, 2**64)``, already well mixed (use :func:`key_hash`).
+        buckets: the number of buckets, at least 1.
+
+    Returns:
+        A bucket in ``[0, buckets)``; growing ``buckets`` by one moves only ``1/(buckets+1)``
+        of the keys, all of them to the new bucket.
+    """
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * (2147483648.0 / ((key >> 33) + 1)))
+    return b
+
+
+def _check_names(names: Sequence[str]) -> list[str]:
+    names = list(names)
+    if not names:
+        raise ConfigurationError("a shard router needs at least one shard")
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"shard names must be unique, got {names!r}")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"shard names must be non-empty strings, got {name!r}")
+    return names
+
+
+class Strategy(ABC):
+    """How keys are placed on shards. Subclasses implement :meth:`bind`."""
+
+    #: True when placement needs I/O (the directory): use the router's async methods.
+    is_async: bool = False
+
+    @abstractmethod
+    def bind(self, shards: Sequence[str]) -> Placement:
+        """Return the placement function for this ordered list of shard names.
+
+        Raises:
+            ConfigurationError: the names do not fit the strategy's configuration.
+        """
+
+    def abind(self, shards: Sequence[str]) -> Callable[[Any], Awaitable[str]]:
+        """The async placement function; the default wraps :meth:`bind`."""
+        place = self.bind(shards)
+
+        async def locate(key: Any) -> str:
+            return place(key)
+
+        return locate
+
+
+class JumpHash(Strategy):
+    """Jump consistent hash over the shards in order (the default strategy).
+
+    Shard ``i`` of the router's mapping is bucket ``i``: add shards at the END only. Removing
+    or reordering any other shard moves most keys (``plan()`` shows it before you do it).
+    Lookup cost is O(log N); balance is the best of all strategies.
+
+    Placement is a pure function of the key and the shard list, so each bound router keeps
+    the answers for up to ``cache_size`` recent ``str``/``int`` keys (a hit costs a dict
+    lookup instead of a digest and the jump loop; when full, the cache starts over).
+
+    Args:
+        cache_size: answers remembered per bound router; 0 disables the cache.
+
+    Raises:
+        ConfigurationError: a negative ``cache_size``.
+    """
+
+    __slots__ = ("cache_size",)
+
+    def __init__(self, *, cache_size: int = 16_384) -> None:
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise ConfigurationError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        self.cache_size = cache_size
+
+    def bind(self, shards: Sequence[str]) -> Placement:
+        """Return ``key -> shard name`` with hashing and the jump loop inlined (hot path)."""
+        names = tuple(_check_names(shards))
+        n = len(names)
+        fb = int.from_bytes
+        b2 = blake2b
+        mask = _MASK
+        slow = key_hash
+        to_int = int
+
+        def jump_placement(key: Any) -> str:
+            if type(key) is str and "{" not in key:
+                h = fb(b2(key.encode(), digest_size=8).digest(), "little")
+            elif type(key) is int and 0 <= key <= mask:
+                h = (key + 0x9E3779B97F4A7C15) & mask
+                h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
+                h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+                h ^= h >> 31
+            else:
+                h = slow(key)
+            # jump_hash(h, n) with its first step (b = 0) unrolled: ~10 % faster.
+            h = (h * 2862933555777941757 + 1) & mask
+            j = to_int(2147483648.0 / ((h >> 33) + 1))
+            b = 0
+            while j < n:
+                b = j
+                h = (h * 2862933555777941757 + 1) & mask
+                j = to_int((b + 1) * (2147483648.0 / ((h >> 33) + 1)))
+            return names[b]
+
+        limit = self.cache_size
+        if not limit:
+            return jump_placement
+        cache: dict[Any, str] = {}
+        get = cache.get
+
+        def cached_jump_placement(key: Any) -> str:
+            kind = type(key)
+            if kind is str or kind is int:  # never bool/float: they compare equal to ints
+                name = get(key)
+                if name is None:
+                    name = jump_placement(key)
+                    if len(cache) >= limit:
+                        cache.clear()
+                    cache[key] = name
+                return name
+            return jump_placement(key)
+
+        return cached_jump_placement
+
+    def __repr__(self) -> str:
+        return (
+            "JumpHash()" if self.cache_size == 16_384 else f"JumpHash(cache_size={self.cache_size})"
+        )
+
+
+class Rendezvous(Strategy):
+    """Highest-random-weight (rendezvous) hashing, optionally weighted.
+
+    Every shard scores every key; the highest score wins. Removing ANY shard moves only its
+    keys, and weights are exact (a shard with weight 2 gets twice the keys), at O(N) per lookup.
+
+    Args:
+        weights: relative weight per shard name (default 1.0 for shards not listed).
+    """
+
+    __slots__ = ("weights",)
+
+    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+        self.weights = dict(weights or {})
+        for name, weight in self.weights.items():
+            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+                raise ConfigurationError(f"weight of shard {name!r} must be > 0, got {weight!r}")
+
+    def bind(self, shards: Sequence[str]) -> Placement:
+        """Return ``key -> shard name``."""
+        names = _check_names(shards)
+        unknown = set(self.weights) - set(names)
+        if unknown:
+            raise ConfigurationError(f"weights name unknown shards: {sorted(unknown)}")
+        seeds = [
+            (int.from_bytes(blake2b(n.encode(), digest_size=8).digest(), "little"), n)
+            for n in names
+        ]
+        if all(self.weights.get(n, 1.0) == 1.0 for n in names):
+
+            def rendezvous_placement(key: Any) -> str:
+                h = key_hash(key)
+                best, owner = -1, ""
+                for seed, name in seeds:
+                    score = mix64(h ^ seed)
+                    if score > best:
+                        best, owner = score, name
+                return owner
+
+            return rendezvous_placement
+        weighted = [(seed, name, float(self.weights.get(name, 1.0))) for seed, name in seeds]
+        log = math.log
+
+        def weighted_placement(key: Any) -> str:
+            h = key_hash(key)
+            best, owner = -1.0, ""
+            for seed, name, weight in weighted:
+                u = (mix64(h ^ seed) + 0.5) / _TWO_64  # in (0, 1)
+                score = -weight / log(u)
+                if score > best:
+                    best, owner = score, name
+            return owner
+
+        return weighted_placement
+
+    def __repr__(self) -> str:
+        return f"Rendezvous(weights={self.weights!r})" if self.weights else "Rendezvous()"
+
+
+def ketama_bytes(key: Any) -> bytes:
+    """The bytes a ketama client hashes for ``key``: str as UTF-8 (hash tag applied), ints in
+    decimal, UUIDs in canonical text, bytes as they are."""
+    kind = type(key)
+    if kind is str:
+        return hash_tag(key).encode()
+    if kind is bytes or kind is bytearray or kind is memoryview:
+        return _bytes_tag(bytes(key))
+    return directory_key(key).encode()
+
+
+class HashRing(Strategy):
+    """A consistent-hash ring with virtual nodes.
+
+    With ``ketama=True`` (the default) the ring is built exactly as libketama and
+    ``uhashring.HashRing(hash_fn="ketama")`` build it: ``vnodes // 4`` md5 digests of
+    ``"<shard>-<i>"`` per shard, four 32-bit little-endian points per digest, a key placed by the
+    first 4 bytes of ``md5(key)``; so a memcached or twemproxy client with the same server names
+    agrees with scalekit on every key. With ``ketama=False`` the ring uses the 64-bit key hash.
+
+    Imbalance is roughly ``1/sqrt(vnodes)``: 160 points per shard leave the fullest shard
+    10-30 % over the mean. Prefer :class:`JumpHash` or :class:`Rendezvous` unless you need
+    ketama compatibility.
+
+    Args:
+        vnodes: ring points per shard (a multiple of 4 with ketama); uhashring's ketama default
+            is 160 (40 digests x 4).
+        ketama: build a ketama-compatible ring.
+        weights: relative integer weights per shard name (ketama formula: a shard gets
+            ``vnodes * shards * weight // total_weight`` points).
+    """
+
+    __slots__ = ("ketama", "vnodes", "weights")
+
+    def __init__(
+        self,
+        vnodes: int = 160,
+        *,
+        ketama: bool = True,
+        weights: Mapping[str, int] | None = None,
+    ) -> None:
+        if not isinstance(vnodes, int) or vnodes < 1:
+            raise ConfigurationError(f"vnodes must be a positive int, got {vnodes!r}")
+        if ketama and vnodes % 4:
+            raise ConfigurationError(f"ketama rings need vnodes as a multiple of 4, got {vnodes}")
+        self.vnodes = vnodes
+        self.ketama = ketama
+        self.weights = dict(weights or {})
+        for name, weight in self.weights.items():
+            if not isinstance(weight, int) or weight < 1:
+                raise ConfigurationError(
+                    f"weight of shard {name!r} must be a positive int, got {weight!r}"
+                )
+
+    def points(self, shards: Sequence[str]) -> list[tuple[int, str]]:
+        """The ring as sorted ``(point, shard)`` pairs (later shards win point collisions)."""
+        names = _check_names(shards)
+        total = sum(self.weights.get(n, 1) for n in names)
+        ring: dict[int, str] = {}
+        for name in names:
+            weight = self.weights.get(name, 1)
+            if self.ketama:
+                digests = (self.vnodes // 4) * len(names) * weight // total
+                for w in range(digests):
+                    d = md5(f"{name}-{w}".encode()).digest()
+                    for r in range(4):
+                        ring[int.from_bytes(d[r * 4 : r * 4 + 4], "little")] = name
+            else:
+                count = self.vnodes * len(names) * weight // total
+                for w in range(count):
+                    ring[key_hash(f"{name}-{w}")] = name
+        return sorted(ring.items())
+
+    def bind(self, shards: Sequence[str]) -> Placement:
+        """Return ``key -> shard name``."""
+        ring = self.points(shards)
+        keys = [p for p, _ in ring]
+        owners = [n for _, n in ring]
+        size = len(keys)
+        if self.ketama:
+            fb = int.from_bytes
+
+            def ketama_placement(key: Any) -> str:
+                data = key.encode() if type(key) is str and "{" not in key else ketama_bytes(key)
+                pos = bisect_right(keys, fb(md5(data).digest()[:4], "little"))
+                return owners[pos if pos < size else 0]
+
+            return ketama_placement
+
+        def ring_placement(key: Any) -> str:
+            pos = bisect_right(keys, key_hash(key))
+            return owners[pos if pos < size else 0]
+
+        return ring_placement
+
+    def __repr__(self) -> str:
+        return f"HashRing(vnodes={self.vnodes}, ketama={self.ketama})"
+
+
+class RangeStrategy(Strategy):
+    """Ordered ranges of keys (or of their 64-bit hash) mapped to shards explicitly.
+
+    ``bounds`` lists ``(lower_bound, shard)`` pairs in increasing order; a range runs from its
+    lower bound (inclusive) to the next one (exclusive). The first lower bound may be ``None``
+    (no lower limit); keys below a non-``None`` first bound belong to no shard.
+
+    Args:
+        bounds: ``[(None, "s0"), (1000, "s1"), (5000, "s2")]``: ids below 1000 on ``s0``...
+        by_hash: compare the key's 64-bit stable hash instead of the key (Vitess keyspace-id
+            style): hash ranges balance like hashing and move explicitly, range by range.
+
+    Raises:
+        ConfigurationError: bounds are empty, unordered, or mix types.
+    """
+
+    __slots__ = ("_kind", "_lowers", "_owners", "bounds", "by_hash")
+
+    def __init__(self, bounds: Sequence[tuple[Any, str]], *, by_hash: bool = False) -> None:
+        bounds = [(low, shard) for low, shard in bounds]
+        if not bounds:
+            raise ConfigurationError("RangeStrategy needs at least one (lower_bound, shard)")
+        lowers = [low for low, _ in bounds]
+        if any(low is None for low in lowers[1:]):
+            raise ConfigurationError("only the first range may have lower bound None")
+        concrete = [low for low in lowers if low is not None]
+        kinds = {type(low) for low in concrete}
+        if by_hash:
+            kinds.add(int)
+        if len(kinds) > 1 or not kinds <= {int, str, bytes}:
+            raise ConfigurationError(
+                f"range bounds must all be int, all str or all bytes, got {sorted(map(str, kinds))}"
+            )
+        if any(a >= b for a, b in itertools.pairwise(concrete)):
+            raise ConfigurationError(f"range bounds must increase strictly, got {concrete!r}")
+        self.bounds = bounds
+        self.by_hash = by_hash
+        self._kind: type = kinds.pop() if kinds else int
+        self._lowers = concrete
+        self._owners = [shard for _, shard in bounds]
+
+    @classmethod
+    def split_keyspace(cls, shards: Sequence[str]) -> RangeStrategy:
+        """Split the 64-bit hash space into equal ranges, one per shard (``by_hash=True``).
+
+        Args:
+            shards: the shard names, one range each, in keyspace order.
+        """
+        names = _check_names(shards)
+        step = (1 << 64) // len(names)
+        return cls([(None if i == 0 else i * step, n) for i, n in enumerate(names)], by_hash=True)
+
+    def segments(self) -> list[tuple[Any, Any, str | None]]:
+        """The ranges as ``(start, end, shard)``; ``None`` means unbounded, shard ``None``
+        means the keys there belong to no shard."""
+        out: list[tuple[Any, Any, str | None]] = []
+        starts: list[Any] = [low for low, _ in self.bounds]
+        if starts[0] is not None:
+            out.append((None, starts[0], None))
+        for i, (low, shard) in enumerate(self.bounds):
+            end = starts[i + 1] if i + 1 < len(starts) else None
+            out.append((low, end, shard))
+        if self.by_hash and out[-1][1] is None:
+            last_start, _, last_shard = out[-1]
+            out[-1] = (last_start, 1 << 64, last_shard)
+            if out[0][0] is None:
+                out[0] = (0, out[0][1], out[0][2])
+        return out
+
+    def bind(self, shards: Sequence[str]) -> Placement:
+        """Return ``key -> shard name``."""
+        names = set(_check_names(shards))
+        unknown = sorted(set(self._owners) - names)
+        if unknown:
+            raise ConfigurationError(f"ranges name shards the router does not have: {unknown}")
+        lowers = self._lowers
+        owners = self._owners
+        first_open = self.bounds[0][0] is None
+        kind = self._kind
+        by_hash = self.by_hash
+
+        def range_placement(key: Any) -> str:
+            value = key_hash(key) if by_hash else key
+            if type(value) is not kind:
+                raise InvalidShardKeyError(
+                    f"this RangeStrategy compares {kind.__name__} keys, got "
+                    f"{type(key).__name__} ({key!r:.60})"
+                )
+            i = bisect_right(lowers, value)
+            if first_open:
+                return owners[i]
+            if i == 0:
+                raise UnknownShardError(
+                    f"key {key!r:.60} is below the first range ({lowers[0]!r}); "
+                    "add a range that covers it"
+                )
+            return owners[i - 1]
+
+        return range_placement
+
+    def __repr__(self) -> str:
+        return f"RangeStrategy({self.bounds!r}, by_hash={self.by_hash})"
+
+
+class RegionStrategy(Strategy):
+    """Route by region first (data residency), then by a per-region strategy.
+
+    Keys are ``(region, key)`` tuples. The region picks the only shards the key may live on; the
+    inner strategy places ``key`` among them. Routing fails closed: an unknown region raises
+    :class:`~scalekit.errors.UnknownShardError`, and nothing ever falls back to another region
+    (a down shard fails its keys, see :class:`~scalekit.sharding.ShardedDatabase`).
+
+    Args:
+        regions: region name -> the shard names in that region (each shard in one region).
+        strategy: the placement inside every region, or a mapping region -> strategy.
+
+    Raises:
+        ConfigurationError: a shard is listed in two regions, or a region has no shard.
+    """
+
+    __slots__ = ("regions", "strategy")
+
+    def __init__(
+        self,
+        regions: Mapping[str, Sequence[str]],
+        strategy: Strategy | Mapping[str, Strategy] | None = None,
+    ) -> None:
+        if not regions:
+            raise ConfigurationError("RegionStrategy needs at least one region")
+        seen: dict[str, str] = {}
+        for region, names in regions.items():
+            if not names:
+                raise ConfigurationError(f"region {region!r} has no shard")
+            for name in names:
+                if name in seen:
+                    raise ConfigurationError(
+                        f"shard {name!r} is in regions {seen[name]!r} and {region!r}; "
+                        "a shard's data lives in exactly one region"
+                    )
+                seen[name] = region
+        self.regions = {region: list(names) for region, names in regions.items()}
+        if isinstance(strategy, Mapping):
+            missing = sorted(set(self.regions) - set(strategy))
+            if missing:
+                raise ConfigurationError(f"no strategy for regions {missing}")
+            self.strategy: dict[str, Strategy] = dict(strategy)
+        else:
+            inner = strategy or JumpHash()
+            self.strategy = dict.fromkeys(self.regions, inner)
+
+    def region_of(self, shard: str) -> str:
+        """The region a shard belongs to.
+
+        Raises:
+            UnknownShardError: no region lists that shard.
+        """
+        for region, names in self.regions.items():
+            if shard in names:
+                return region
+        raise UnknownShardError(f"shard {shard!r} is in no region")
+
+    def bind(self, shards: Sequence[str]) -> Placement:
+        """Return ``(region, key) -> shard name``."""
+        names = set(_check_names(shards))
+        placements: dict[str, Placement] = {}
+        for region, members in self.regions.items():
+            unknown = sorted(set(members) - names)
+            if unknown:
+                raise ConfigurationError(
+                    f"region {region!r} lists shards the router does not have: {unknown}"
+                )
+            placements[region] = self.strategy[region].bind(members)
+
+        def region_placement(key: Any) -> str:
+            if type(key) is not tuple or len(key) != 2 or type(key[0]) is not str:
+                raise InvalidShardKeyError(
+                    f"RegionStrategy keys are (region, key) tuples, got {key!r:.60}"
+                )
+            place = placements.get(key[0])
+            if place is None:
+                raise UnknownShardError(
+                    f"region {key[0]!r} is not configured (known: {sorted(placements)}); "
+                    "keys never fall back to another region"
+                )
+            return place(key[1])
+
+        return region_placement
+
+    def __repr__(self) -> str:
+        return f"RegionStrategy({self.regions!r})"

@@ -1,0 +1,247 @@
+"""Placement strategies: determinism, balance, minimal movement, ketama compatibility."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+import pytest
+import uhashring
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scalekit.errors import ConfigurationError, InvalidShardKeyError, UnknownShardError
+from scalekit.sharding import (
+    HashRing,
+    JumpHash,
+    RangeStrategy,
+    RegionStrategy,
+    Rendezvous,
+    Strategy,
+    jump_hash,
+    key_hash,
+)
+
+NAMES = [f"s{i}" for i in range(10)]
+KEYS_100K = [f"user:{i}" for i in range(50_000)] + list(range(50_000))
+any_key = st.one_of(st.integers(min_value=0), st.text(max_size=30), st.binary(max_size=30))
+
+
+def loads(strategy: Strategy, names: list[str], keys: list[object]) -> Counter[str]:
+    place = strategy.bind(names)
+    return Counter(place(k) for k in keys)
+
+
+def test_jump_hash_matches_the_reference_implementation() -> None:
+    # The test vectors shared by the Go, C and Elixir ports of Lamping and Veach's code.
+    vectors = [
+        (1, 1, 0),
+        (42, 57, 43),
+        (0xDEAD10CC, 1, 0),
+        (0xDEAD10CC, 666, 361),
+        (256, 1024, 520),
+        (1, 128, 55),
+        (129, 128, 120),
+        (128, 100_000_000, 38172097),
+        (128, 2147483648, 1644467860),
+        (2**64 - 1, 128, 92),
+    ]
+    assert [jump_hash(k, n) for k, n, _ in vectors] == [b for _, _, b in vectors]
+
+
+@given(any_key, st.integers(min_value=1, max_value=2000))
+@settings(deadline=None)
+def test_jump_placement_equals_jump_of_key_hash(key: object, n: int) -> None:
+    names = [f"s{i}" for i in range(n)]
+    assert JumpHash().bind(names)(key) == names[jump_hash(key_hash(key), n)]
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [JumpHash(), Rendezvous(), Rendezvous({"s0": 2.0}), HashRing(), HashRing(1000, ketama=False)],
+    ids=repr,
+)
+@given(key=any_key)
+@settings(max_examples=50, deadline=None)
+def test_placement_is_deterministic_across_bindings(strategy: Strategy, key: object) -> None:
+    assert strategy.bind(NAMES)(key) == strategy.bind(list(NAMES))(key)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "max_dev"),
+    [
+        (JumpHash(), 0.05),
+        (Rendezvous(), 0.05),
+        (RangeStrategy.split_keyspace(NAMES), 0.05),
+        (HashRing(1000, ketama=False), 0.25),
+        (HashRing(160), 0.45),
+    ],
+    ids=repr,
+)
+def test_balance_on_100k_keys(strategy: Strategy, max_dev: float) -> None:
+    counts = loads(strategy, NAMES, KEYS_100K)
+    fair = len(KEYS_100K) / len(NAMES)
+    assert set(counts) == set(NAMES)
+    worst = max(abs(c - fair) / fair for c in counts.values())
+    assert worst < max_dev, counts
+
+
+def test_weighted_rendezvous_follows_weights() -> None:
+    counts = loads(Rendezvous({"s0": 3.0}), NAMES, KEYS_100K)
+    others = statistics.mean(counts[n] for n in NAMES[1:])
+    assert 2.7 < counts["s0"] / others < 3.3
+
+
+@given(st.lists(any_key, min_size=1, max_size=200), st.integers(min_value=1, max_value=60))
+@settings(max_examples=60, deadline=None)
+def test_jump_growing_moves_keys_only_to_the_new_shard(keys: list[object], n: int) -> None:
+    before = JumpHash().bind([f"s{i}" for i in range(n)])
+    after = JumpHash().bind([f"s{i}" for i in range(n + 1)])
+    for key in keys:
+        if before(key) != after(key):
+            assert after(key) == f"s{n}"
+
+
+@given(st.lists(any_key, min_size=1, max_size=200), st.sampled_from(NAMES))
+@settings(max_examples=60, deadline=None)
+def test_rendezvous_removing_a_shard_moves_only_its_keys(keys: list[object], gone: str) -> None:
+    before = Rendezvous().bind(NAMES)
+    after = Rendezvous().bind([n for n in NAMES if n != gone])
+    for key in keys:
+        if before(key) != gone:
+            assert after(key) == before(key)
+
+
+@given(st.lists(any_key, min_size=1, max_size=200))
+@settings(max_examples=30, deadline=None)
+def test_ring_adding_a_shard_moves_keys_only_to_it(keys: list[object]) -> None:
+    before = HashRing(160, ketama=False).bind(NAMES)
+    after = HashRing(160, ketama=False).bind([*NAMES, "s10"])
+    for key in keys:
+        if before(key) != after(key):
+            assert after(key) == "s10"
+
+
+def test_moved_fraction_for_jump_10_to_11_is_about_one_eleventh() -> None:
+    before, after = JumpHash().bind(NAMES), JumpHash().bind([*NAMES, "s10"])
+    moved = sum(before(k) != after(k) for k in KEYS_100K) / len(KEYS_100K)
+    assert abs(moved - 1 / 11) < 0.01
+
+
+@given(st.lists(st.text(max_size=30) | st.integers(min_value=0, max_value=10**12), max_size=100))
+@settings(max_examples=40, deadline=None)
+def test_ketama_ring_agrees_with_uhashring(keys: list[object]) -> None:
+    theirs = uhashring.HashRing(NAMES, hash_fn="ketama")
+    ours = HashRing(160).bind(NAMES)
+    for key in keys:
+        if isinstance(key, str) and "{" in key:
+            continue  # hash tags are ours; uhashring hashes the whole string
+        assert ours(key) == theirs.get_node(key)
+
+
+def test_ketama_ring_agrees_with_uhashring_on_many_keys_and_weights() -> None:
+    nodes = {"cache-a": 1, "cache-b": 2, "cache-c": 1}
+    theirs = uhashring.HashRing(nodes, hash_fn="ketama")
+    ours = HashRing(160, weights=nodes).bind(list(nodes))
+    sample = [f"session:{i}" for i in range(5000)]
+    assert all(ours(k) == theirs.get_node(k) for k in sample)
+    plain = uhashring.HashRing(NAMES, hash_fn="ketama")
+    assert [p for p, _ in HashRing(160).points(NAMES)] == sorted({p for p, _ in plain.get_points()})
+
+
+def test_range_strategy_routes_by_bounds_and_fails_below_the_first() -> None:
+    place = RangeStrategy([(None, "a"), (100, "b"), (1000, "c")]).bind(["a", "b", "c"])
+    assert [place(k) for k in (-5, 99, 100, 999, 10**9)] == ["a", "a", "b", "b", "c"]
+    closed = RangeStrategy([(0, "a"), (100, "b")]).bind(["a", "b"])
+    with pytest.raises(UnknownShardError, match="below the first range"):
+        closed(-1)
+    with pytest.raises(InvalidShardKeyError):
+        place("text")
+    words = RangeStrategy([(None, "a"), ("m", "b")]).bind(["a", "b"])
+    assert (words("alice"), words("zoe")) == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [[], [(5, "a"), (1, "b")], [(1, "a"), ("x", "b")], [(None, "a"), (None, "b")], [(1.5, "a")]],
+)
+def test_range_strategy_refuses_bad_bounds(bounds: list[tuple[object, str]]) -> None:
+    with pytest.raises(ConfigurationError):
+        RangeStrategy(bounds)
+
+
+def test_range_strategy_refuses_unknown_shards() -> None:
+    with pytest.raises(ConfigurationError, match="does not have"):
+        RangeStrategy([(None, "zz")]).bind(["a"])
+
+
+def test_region_strategy_keeps_keys_in_their_region_and_fails_closed() -> None:
+    regions = {"eu": ["eu-1", "eu-2"], "us": ["us-1", "us-2", "us-3"]}
+    place = RegionStrategy(regions).bind([n for names in regions.values() for n in names])
+    for i in range(2000):
+        assert place(("eu", i)) in regions["eu"]
+        assert place(("us", f"user:{i}")) in regions["us"]
+    with pytest.raises(UnknownShardError, match="never fall back"):
+        place(("ap", 1))
+    with pytest.raises(InvalidShardKeyError):
+        place(42)
+    assert RegionStrategy(regions).region_of("us-2") == "us"
+
+
+def test_region_strategy_accepts_a_strategy_per_region() -> None:
+    strategy = RegionStrategy(
+        {"eu": ["eu-1"], "us": ["us-1", "us-2"]},
+        {"eu": JumpHash(), "us": RangeStrategy([(None, "us-1"), (1000, "us-2")])},
+    )
+    place = strategy.bind(["eu-1", "us-1", "us-2"])
+    assert (place(("us", 5)), place(("us", 5000)), place(("eu", 5))) == ("us-1", "us-2", "eu-1")
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: RegionStrategy({}), "at least one region"),
+        (lambda: RegionStrategy({"eu": []}), "no shard"),
+        (lambda: RegionStrategy({"eu": ["a"], "us": ["a"]}), "exactly one region"),
+        (lambda: RegionStrategy({"eu": ["a"]}, {"us": JumpHash()}), "no strategy"),
+        (lambda: Rendezvous({"a": 0}), "must be > 0"),
+        (lambda: HashRing(0), "positive"),
+        (lambda: HashRing(10), "multiple of 4"),
+        (lambda: HashRing(weights={"a": 0}), "positive int"),
+    ],
+)
+def test_bad_strategy_configuration_is_refused(factory: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        factory()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("names", [[], ["a", "a"], ["a", ""]])
+def test_bad_shard_names_are_refused(names: list[str]) -> None:
+    with pytest.raises(ConfigurationError):
+        JumpHash().bind(names)
+
+
+def test_rendezvous_weights_must_name_known_shards() -> None:
+    with pytest.raises(ConfigurationError, match="unknown shards"):
+        Rendezvous({"zz": 1.0}).bind(["a"])
+
+
+@given(st.lists(any_key, min_size=1, max_size=300))
+@settings(max_examples=40, deadline=None)
+def test_jump_cache_never_changes_an_answer(keys: list[object]) -> None:
+    cached = JumpHash(cache_size=8).bind(NAMES)  # tiny: it fills and restarts often
+    plain = JumpHash(cache_size=0).bind(NAMES)
+    for key in keys + keys:
+        assert cached(key) == plain(key)
+
+
+def test_jump_cache_does_not_let_equal_floats_or_bools_through() -> None:
+    place = JumpHash().bind(NAMES)
+    place(1)
+    place("1")
+    for bad in (1.0, True):
+        with pytest.raises(InvalidShardKeyError):
+            place(bad)
+    with pytest.raises(ConfigurationError):
+        JumpHash(cache_size=-1)
+    assert repr(JumpHash(cache_size=0)) == "JumpHash(cache_size=0)"
