@@ -10,7 +10,9 @@ __all__ = ["REDACTED", "redact_text", "redact_url"]
 REDACTED = "***"
 
 # user:password@ inside any scheme://... in free text
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@"
+)
 # libpq keyword form: password=secret or password='se cret'
 _KEYWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<val>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 # query-string secrets: ?password=..., &token=...

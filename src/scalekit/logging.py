@@ -49,8 +49,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as a single JSON line."""
         payload: dict[str, Any] = dict(self._static)
-        payload["time"] = (
-            _dt.datetime.fromtimestamp(record.created, tz=_dt.UTC).isoformat(timespec="milliseconds")
+        payload["time"] = _dt.datetime.fromtimestamp(record.created, tz=_dt.UTC).isoformat(
+            timespec="milliseconds"
         )
         payload["level"] = record.levelname
         payload["logger"] = record.name

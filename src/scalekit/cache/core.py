@@ -530,6 +530,8 @@ class Cache:
         ok = await self._call("set", self._set(full, frame, physical), False)
         if ok and tags:
             ok = await self._tag(tags, [full], physical)
+        if self.near is not None:
+            await self.near.announce([full])
         return ok
 
     async def _set(self, full: str, frame: bytes, ttl: float | None) -> bool:
@@ -576,6 +578,8 @@ class Cache:
         if ok and tags:
             longest = None if any(r[2] is None for r in rows) else max(r[2] or 0 for r in rows)
             ok = await self._tag(tags, [r[0] for r in rows], longest)
+        if self.near is not None:
+            await self.near.announce([r[0] for r in rows])
         return ok
 
     async def _set_many(self, rows: Sequence[tuple[str, bytes, float | None]]) -> bool:
@@ -590,9 +594,12 @@ class Cache:
             CacheBackendError: strict mode only, the backend failed.
         """
         full = self.key(key)
-        if self.near is not None:
-            self.near.invalidate(full)
-        return await self._call("delete", self.backend.delete(full), False)
+        if self.near is None:
+            return await self._call("delete", self.backend.delete(full), False)
+        self.near.invalidate(full)
+        existed = await self._call("delete", self.backend.delete(full), False)
+        await self.near.announce([full])
+        return existed
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Delete the keys (one command per hash slot); return how many existed."""
@@ -600,24 +607,32 @@ class Cache:
         if self.near is not None:
             for full in fulls:
                 self.near.invalidate(full)
-        return await self._call("delete_many", self.backend.delete_many(fulls), 0)
+        count = await self._call("delete_many", self.backend.delete_many(fulls), 0)
+        if self.near is not None:
+            await self.near.announce(fulls)
+        return count
 
     async def clear(self) -> int:
         """Delete every key of this namespace (SCAN based, never KEYS); return how many."""
         if self.near is not None:
-            self.near.flush(everywhere=True)
-        return await self._call("clear", self.backend.clear(self._prefix), 0)
+            self.near.flush()
+        count = await self._call("clear", self.backend.clear(self._prefix), 0)
+        if self.near is not None:
+            await self.near.announce(None)
+        return count
 
     async def invalidate_tags(self, tags: Iterable[str]) -> int:
         """Delete every key stored with any of ``tags``; return how many were deleted."""
         total = 0
         if self.near is not None:
             # members are not known locally; tag purges are rare, flushing is safe
-            self.near.flush(everywhere=True)
+            self.near.flush()
         for tag in tags:
             total += await self._call(
                 "invalidate_tags", self.backend.invalidate_tag(self._tag_key(tag)), 0
             )
+        if self.near is not None:
+            await self.near.announce(None)
         return total
 
     # -- read-through -------------------------------------------------------------------------
@@ -833,6 +848,8 @@ class Cache:
             self.near.invalidate(full)
         if await self._call("set", self._set(full, frame, physical), False) and tags:
             await self._tag(tags, [full], physical)
+        if self.near is not None:
+            await self.near.announce([full])
 
     async def _await_peer(self, full: str) -> _Entry | None:
         """Another process holds the lease: poll for its value until the lease could expire."""

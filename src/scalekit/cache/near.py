@@ -88,8 +88,6 @@ class NearCache:
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
         self._closed = False
-        self._publish: list[str] = []
-        self._publisher: asyncio.Task[None] | None = None
         self._time: Any = None
 
     def bind(self, cache: Cache) -> None:
@@ -146,12 +144,21 @@ class NearCache:
             self.evictions += 1
 
     def invalidate(self, key: str) -> None:
-        """Drop ``key`` locally (and, in pub/sub mode, tell the other processes)."""
+        """Drop ``key`` locally and refuse fills of reads of it already in flight."""
         self._drop(key)
-        if self.active_mode == "pubsub":
-            self._publish.append(key)
-            if self._publisher is None:
-                self._publisher = asyncio.get_running_loop().create_task(self._flush_publish())
+
+    async def announce(self, keys: list[str] | None) -> None:
+        """In pub/sub mode, tell the other processes that ``keys`` changed (``None``: all).
+
+        Called by the cache after its write reached Redis; a no-op in tracking mode, where the
+        server reports writes itself. Failures are ignored: the max local TTL bounds the damage.
+        """
+        if self.active_mode != "pubsub" or self._cache is None:
+            return
+        payload = b"" if keys is None else "\n".join(keys).encode()
+        client = self._cache.backend.client  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.publish(self._channel(), payload), 1.0)
 
     def _drop(self, key: str) -> None:
         self._seq += 1
@@ -163,16 +170,8 @@ class NearCache:
             _, seq = recent.popitem(last=False)
             self._floor = max(self._floor, seq)
 
-    def flush(self, *, everywhere: bool = False) -> None:
-        """Drop every local entry, and refuse fills of reads already in flight.
-
-        Args:
-            everywhere: in pub/sub mode, also tell the other processes to flush.
-        """
-        if everywhere and self.active_mode == "pubsub":
-            self._publish.append("")
-            if self._publisher is None:
-                self._publisher = asyncio.get_running_loop().create_task(self._flush_publish())
+    def flush(self) -> None:
+        """Drop every local entry, and refuse fills of reads already in flight."""
         self._seq += 1
         self._floor = self._seq
         self._data.clear()
@@ -293,26 +292,13 @@ class NearCache:
                 self.invalidations += 1
                 self._drop(key.decode() if isinstance(key, bytes) else key)
 
-    async def _flush_publish(self) -> None:
-        assert self._cache is not None
-        client = self._cache.backend.client  # type: ignore[attr-defined]
-        try:
-            while self._publish:
-                keys, self._publish = self._publish, []
-                payload = b"" if "" in keys else "\n".join(keys).encode()  # "" means flush
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.publish(self._channel(), payload), 1.0)
-        finally:
-            self._publisher = None
-
     async def aclose(self) -> None:
         """Stop the invalidation link and drop the L1."""
         self._closed = True
-        for task in (self._task, self._publisher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
         self._task = None
         self.connected = False
         self.flush()
