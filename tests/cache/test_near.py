@@ -68,7 +68,8 @@ async def test_entries_expire_after_max_ttl_and_are_bounded() -> None:
     near._time = lambda: now[0]
     for k in "abc":
         near.fill(k, near.begin(k), k, now[0] + 60)
-    assert len(near) == 2 and near.evictions == 1
+    assert len(near) == 2
+    assert near.evictions == 1
     assert near.lookup("c") == "c"
     now[0] += 5
     assert near.lookup("c") is not "c"  # noqa: F632 - the sentinel, not the value

@@ -128,7 +128,8 @@ class Worker:
         self.proc = proc
 
     async def ask(self, line: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write((line + "\n").encode())
         await self.proc.stdin.drain()
         reply = await asyncio.wait_for(self.proc.stdout.readline(), 20)
