@@ -22,7 +22,7 @@ async def cache(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[Ca
         host, port = request.getfixturevalue("redis_cluster_nodes")[0]
         client = aioredis.RedisCluster(host=host, port=port)
         await client.initialize()
-    c = Cache(RedisBackend(client), namespace=unique, default_ttl=60, ttl_jitter=0)
+    c = Cache(RedisBackend(client), namespace=unique, default_ttl=60, ttl_jitter=0, strict=True)
     try:
         yield c
     finally:

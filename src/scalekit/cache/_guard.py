@@ -38,7 +38,7 @@ class Guard:
         self.active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._deadlines: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
+        self._expired: dict[asyncio.Task[Any], int] = {}  # task -> cancel() calls we made
         self._tick: asyncio.TimerHandle | None = None
         self._interval = max(0.002, timeout / 8)
 
@@ -70,17 +70,18 @@ class Guard:
             finally:
                 self._release()
         except asyncio.CancelledError:
-            if task in self._expired:
-                self._expired.discard(task)
-                task.uncancel()
+            ours = self._expired.pop(task, 0)
+            if ours:
+                for _ in range(ours):
+                    task.uncancel()
                 raise TimeoutError(
                     f"the cache backend did not answer within {timeout:.3f}s"
                 ) from None
             raise
         finally:
             del deadlines[task]
-            if task in self._expired:  # cancelled by us, but the call swallowed it
-                self._expired.discard(task)
+            ours = self._expired.pop(task, 0)  # cancelled by us, but the call swallowed it
+            for _ in range(ours):
                 task.uncancel()
 
     async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -106,15 +107,22 @@ class Guard:
         self.active -= 1
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        late = [t for t, d in self._deadlines.items() if d <= now and t not in self._expired]
-        for task in late:
-            self._expired.add(task)
-            task.cancel()
-        if self._deadlines:
-            self._tick = loop.call_later(self._interval, self._check, loop)
-        else:
-            self._tick = None
+        try:
+            now = loop.time()
+            late = [t for t, d in self._deadlines.items() if d <= now]
+            expired = self._expired
+            for task in late:
+                # a call that swallowed our cancellation is cancelled again, every 4 ticks
+                # (not every tick, so its own cleanup after the first one is not interrupted)
+                count = expired.get(task, 0)
+                if count == 0 or now >= self._deadlines[task] + 4 * self._interval * count:
+                    expired[task] = count + 1
+                    task.cancel()
+        finally:
+            if self._deadlines:
+                self._tick = loop.call_later(self._interval, self._check, loop)
+            else:
+                self._tick = None
 
     def close(self) -> None:
         """Stop the watchdog timer."""

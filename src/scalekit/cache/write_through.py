@@ -76,23 +76,22 @@ class WriteThroughCache(Generic[V]):
             InvalidCacheKeyError: ``key`` is not a non-empty str.
             Exception: whatever ``load`` raised.
         """
-        value = await self.cache.get(key, MISSING)
-        if value is not MISSING:
-            return value  # type: ignore[no-any-return]
         fut = self._inflight.get(key)
-        if fut is not None:
+        if fut is not None:  # a lookup or load of this key is in flight: share its result
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            value = await self._fill(key)
+            value = await self.cache.get(key, MISSING)
+            if value is MISSING:
+                value = await self._fill(key)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()
             raise
         else:
             fut.set_result(value)
-            return value
+            return value  # type: ignore[no-any-return]
         finally:
             del self._inflight[key]
 
