@@ -62,8 +62,9 @@ async def test_tags(cache: Cache) -> None:
     assert await cache.get("other") == 1
 
 
-async def test_get_or_load_and_lease(cache: Cache) -> None:
-    cache.lease = True
+@pytest.mark.parametrize("lease", [False, True])
+async def test_a_thousand_concurrent_misses_load_once(cache: Cache, lease: bool) -> None:
+    cache.lease = lease
     calls = 0
 
     async def loader() -> str:
@@ -72,8 +73,8 @@ async def test_get_or_load_and_lease(cache: Cache) -> None:
         await asyncio.sleep(0.01)
         return "v"
 
-    results = await asyncio.gather(*(cache.get_or_load("hot", loader) for _ in range(200)))
-    assert results == ["v"] * 200
+    results = await asyncio.gather(*(cache.get_or_load("hot", loader) for _ in range(1000)))
+    assert results == ["v"] * 1000
     assert calls == 1
     backend: Any = cache.backend
     assert await backend.client.exists(cache.key("hot") + ":#lease") == 0  # released
