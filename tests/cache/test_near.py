@@ -24,7 +24,7 @@ async def _until(predicate, what: str, limit: float = 10.0) -> None:  # type: ig
 async def test_hits_are_served_locally_and_writes_invalidate(redis_url: str, unique: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     near = NearCache(max_entries=100)
-    cache = Cache(RedisBackend(client), namespace=unique, near=near)
+    cache = Cache(RedisBackend(client, timeout=5.0), namespace=unique, near=near)
     try:
         assert await near.wait_connected()
         assert near.active_mode == "tracking"

@@ -20,7 +20,7 @@ LEASE_WORKER = textwrap.dedent(
 
     async def main(url, ns):
         client = aioredis.Redis.from_url(url)
-        cache = Cache(RedisBackend(client), namespace=ns, lease=True, lease_ttl=5)
+        cache = Cache(RedisBackend(client, timeout=5.0), namespace=ns, lease=True, lease_ttl=5)
 
         async def loader():
             await client.incr(ns + ":loads")
@@ -87,7 +87,7 @@ NEAR_WORKER = textwrap.dedent(
     async def main(url, ns, mode):
         client = aioredis.Redis.from_url(url)
         near = NearCache(max_ttl=60, mode=mode)
-        cache = Cache(RedisBackend(client), namespace=ns, near=near)
+        cache = Cache(RedisBackend(client, timeout=5.0), namespace=ns, near=near)
         assert await near.wait_connected(), "link did not come up"
         print("ready", flush=True)
         for line in sys.stdin:

@@ -22,7 +22,9 @@ async def cache(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[Ca
         host, port = request.getfixturevalue("redis_cluster_nodes")[0]
         client = aioredis.RedisCluster(host=host, port=port)
         await client.initialize()
-    c = Cache(RedisBackend(client), namespace=unique, default_ttl=60, ttl_jitter=0, strict=True)
+    # functional tests: a generous timeout (a loaded CI machine), strict so failures show
+    backend = RedisBackend(client, timeout=5.0)
+    c = Cache(backend, namespace=unique, default_ttl=60, ttl_jitter=0, strict=True)
     try:
         yield c
     finally:
@@ -120,7 +122,7 @@ async def test_a_thousand_callers_never_see_max_connections_error(
 async def test_many_concurrent_misses_cost_few_redis_commands(
     redis_client: aioredis.Redis, unique: str
 ) -> None:
-    cache = Cache(RedisBackend(redis_client), namespace=unique, lease=True)
+    cache = Cache(RedisBackend(redis_client, timeout=5.0), namespace=unique, lease=True)
     counted: list[str] = []
     backend: Any = cache.backend
     for name in ("get", "set", "add", "compare_and_delete"):

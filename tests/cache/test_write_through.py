@@ -43,7 +43,7 @@ async def cache(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[Ca
         yield Cache(MemoryBackend(), namespace=unique)
         return
     client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
-    c = Cache(RedisBackend(client), namespace=unique)
+    c = Cache(RedisBackend(client, timeout=5.0), namespace=unique, strict=True)
     try:
         yield c
     finally:
