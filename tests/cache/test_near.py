@@ -119,7 +119,36 @@ async def test_a_hung_link_is_detected_by_ping(redis_url: str, unique: str) -> N
             await client.aclose()
 
 
-def test_near_cache_needs_a_standalone_redis_backend() -> None:
+async def test_near_cache_on_redis_cluster_sees_writes_on_every_primary(
+    redis_cluster_nodes: list[tuple[str, int]], unique: str
+) -> None:
+    host, port = redis_cluster_nodes[0]
+    client = aioredis.RedisCluster(host=host, port=port)
+    await client.initialize()
+    near = NearCache()
+    cache = Cache(RedisBackend(client, timeout=5.0), namespace=unique, near=near)
+    keys = [f"k{i}" for i in range(12)]  # over all three primaries
+    try:
+        assert await near.wait_connected()
+        assert near._links == 3
+        await cache.set_many({k: k for k in keys})
+        for k in keys:
+            for _ in range(100):
+                assert await cache.get(k) == k
+                if f"{unique}:{k}" in near._data:
+                    break
+                await asyncio.sleep(0.005)
+        assert len(near) == len(keys)
+        for k in keys:  # written by someone else, on whichever primary owns the slot
+            await client.set(f"{unique}:{k}", b"changed")
+        await _until(lambda: len(near) == 0, "invalidations from every primary")
+    finally:
+        await cache.clear()
+        await cache.aclose()
+        await client.aclose()
+
+
+def test_near_cache_needs_a_redis_backend() -> None:
     with pytest.raises(ConfigurationError, match="RedisBackend"):
         Cache(MemoryBackend(), namespace="t", near=NearCache())
     with pytest.raises(ConfigurationError):

@@ -39,11 +39,12 @@ _INVALIDATE_CHANNEL = b"__redis__:invalidate"
 
 
 class NearCache:
-    """An in-process L1 for a :class:`~scalekit.cache.Cache` on a standalone Redis.
+    """An in-process L1 for a :class:`~scalekit.cache.Cache` on Redis or Redis Cluster.
 
     Pass it as ``Cache(..., near=NearCache(...))``. Values are kept decoded: a near hit costs a
     dictionary lookup and returns the same object to every caller, so treat cached values as
-    read-only. The invalidation link starts on first use.
+    read-only. The invalidation link starts on first use; on a cluster there is one link per
+    primary (found when the link starts), and the L1 is used only while all of them are up.
 
     Args:
         max_entries: the most entries kept in memory (least recently used evicted first).
@@ -89,6 +90,8 @@ class NearCache:
         self._up = asyncio.Event()
         self._closed = False
         self._time: Any = None
+        self._links = 1
+        self._up_links: set[int] = set()
 
     def bind(self, cache: Cache) -> None:
         """Attach to ``cache`` (called by :class:`~scalekit.cache.Cache`; once only).
@@ -100,10 +103,10 @@ class NearCache:
 
         if self._cache is not None:
             raise ConfigurationError("a NearCache belongs to one Cache; create one per cache")
-        if not isinstance(cache.backend, RedisBackend) or cache.backend.is_cluster:
+        if not isinstance(cache.backend, RedisBackend):
             raise ConfigurationError(
-                "NearCache needs a RedisBackend on a standalone Redis (Redis Cluster is not "
-                "supported yet); without Redis a MemoryBackend is already local"
+                "NearCache needs a RedisBackend (Redis or Redis Cluster); a MemoryBackend is "
+                "already local"
             )
         self._cache = cache
         self._time = cache.clock.time
@@ -198,46 +201,73 @@ class NearCache:
                 await self._up.wait()
         return self.connected
 
+    def _targets(self) -> list[tuple[Any, dict[str, Any]]]:
+        """(connection class, kwargs) of every server whose writes must be seen."""
+        assert self._cache is not None
+        backend: Any = self._cache.backend
+        client = backend.client
+        if backend.is_cluster:
+            return [(n.connection_class, dict(n.connection_kwargs)) for n in client.get_primaries()]
+        pool = client.connection_pool
+        return [(pool.connection_class, dict(pool.connection_kwargs))]
+
     async def _run(self) -> None:
+        """Supervise one link per server (one per primary on a cluster); up only if all are."""
+        targets = self._targets()
+        self._links = len(targets)
+        tasks = [asyncio.ensure_future(self._link(i, *t)) for i, t in enumerate(targets)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _link_state(self, index: int, up: bool) -> None:
+        self.flush()  # a link changed state: whatever happened meanwhile is unknown
+        if up:
+            self._up_links.add(index)
+        else:
+            self._up_links.discard(index)
+        self.connected = len(self._up_links) == self._links
+        if self.connected:
+            self._up.set()
+        else:
+            self._up.clear()
+
+    async def _link(self, index: int, connection_class: Any, kwargs: dict[str, Any]) -> None:
         delay = 0.05
+        kwargs["socket_timeout"] = max(self.ping_interval * 2, 1.0)
+        kwargs.setdefault("socket_connect_timeout", 2.0)
+        kwargs["protocol"] = 2
+        kwargs.pop("retry", None)
         while not self._closed:
             conn = None
+            up = False
             try:
-                conn = self._connection()
+                conn = connection_class(**kwargs)
                 await conn.connect()
                 await self._subscribe(conn)
-                self.flush()  # whatever happened while we were away is unknown
-                self.connected = True
-                self._up.set()
+                self._link_state(index, True)
+                up = True
                 delay = 0.05
                 await self._listen(conn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.connected or delay == 0.05:
+                if up or delay == 0.05:
                     _log.warning(
                         "near cache link lost (%s: %s); serving from Redis until it is back",
                         type(exc).__name__,
                         redact_text(str(exc)),
                     )
             finally:
-                self.connected = False
-                self._up.clear()
-                self.flush()
+                self._link_state(index, False)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.disconnect()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-    def _connection(self) -> Any:
-        assert self._cache is not None
-        pool = self._cache.backend.client.connection_pool  # type: ignore[attr-defined]
-        kwargs = dict(pool.connection_kwargs)
-        kwargs["socket_timeout"] = max(self.ping_interval * 2, 1.0)
-        kwargs.setdefault("socket_connect_timeout", 2.0)
-        kwargs["protocol"] = 2
-        return pool.connection_class(**kwargs)
 
     async def _subscribe(self, conn: Any) -> None:
         assert self._cache is not None
