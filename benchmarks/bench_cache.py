@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import os
 import shutil
@@ -33,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-import redis.asyncio as aioredis  # noqa: E402
+import redis.asyncio as aioredis
 
-from scalekit.cache import Cache, NearCache, RedisBackend  # noqa: E402
+from scalekit.cache import Cache, NearCache, RedisBackend
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -106,8 +107,21 @@ def start_private_redis() -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench_cache_")
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        + ["--appendonly", "no", "--dir", workdir, "--logfile", ""],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--logfile",
+            "",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -185,11 +199,16 @@ async def main() -> None:
     async def sk_loader() -> Any:
         return DOC
 
+    spread = [f"hit{i}" for i in range(64)]
+    await sk.set_many(dict.fromkeys(spread, DOC))
+    nxt = itertools.cycle(spread).__next__
+
     hit_ops: dict[str, Callable[[], Awaitable[Any]]] = {
         "raw redis-py + json": raw_get,
         "raw redis-py + orjson": raw_get_orjson,
         "scalekit Cache.get": lambda: sk.get("hit"),
         "scalekit get_or_load (hit)": lambda: sk.get_or_load("hit", sk_loader),
+        "scalekit get_or_load (64 keys)": lambda: sk.get_or_load(nxt(), sk_loader),
         "aiocache RedisCache.get": lambda: aio.get("hit"),
         "cashews get": lambda: cashews.get(cashews_key),
     }
@@ -228,7 +247,8 @@ async def main() -> None:
             return DOC
 
         holder["loader"] = loader
-        call = make(len(holder))  # a fresh cold key per contender
+        holder["n"] = holder.get("n", 0) + 1
+        call = make(holder["n"])  # a fresh cold key per run
         before = await commands(raw)
         t0 = time.perf_counter()
         results = await asyncio.gather(*(call() for _ in range(callers)), return_exceptions=True)
@@ -300,6 +320,7 @@ async def main() -> None:
     await stampede("raw redis-py cache-aside", raw_aside)
     await stampede("scalekit get_or_load", sk_single)
     await stampede("scalekit get_or_load lease=True", sk_lease)
+    await stampede("  again (Lua scripts now cached)", sk_lease)
     await stampede("aiocache @cached", aio_cached)
     await stampede("aiocache @cached_stampede", aio_stampede)
     await stampede("cashews @cache", cashews_cached)
