@@ -1,5 +1,5 @@
 # requires: redis_cluster
-"""The same Cache on Redis Cluster: multi-key calls are split by hash slot."""
+"""The same Cache on Redis Cluster: multi-key calls are pipelined per node."""
 
 import asyncio
 import os
@@ -19,7 +19,7 @@ async def main() -> None:
 
     products = {f"p{i}": {"id": i} for i in range(100)}  # keys over many hash slots
     assert await cache.set_many(products, tags=["catalog"])
-    assert await cache.get_many(products) == products  # one MGET per slot, concurrently
+    assert await cache.get_many(products) == products  # one pipeline, one round trip per node
     assert await cache.invalidate_tags(["catalog"]) == 100
     assert await cache.get_many(products) == {}
 

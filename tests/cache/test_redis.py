@@ -144,3 +144,21 @@ async def test_many_concurrent_misses_cost_few_redis_commands(
     await asyncio.gather(*(cache.get_or_load("cold", loader) for _ in range(1000)))
     assert sorted(counted) == ["add", "compare_and_delete", "get", "set"]
     await cache.clear()
+
+
+async def test_a_thousand_callers_on_a_small_cluster_pool_see_no_errors(
+    redis_cluster_nodes: list[tuple[str, int]], unique: str
+) -> None:
+    host, port = redis_cluster_nodes[0]
+    client = aioredis.RedisCluster(host=host, port=port, max_connections=5)
+    await client.initialize()
+    cache = Cache(RedisBackend(client, timeout=10.0), namespace=unique, strict=True)
+    keys = [f"k{i}" for i in range(50)]
+    try:
+        await cache.set_many({k: k for k in keys})
+        results = await asyncio.gather(*(cache.get(keys[i % 50]) for i in range(1000)))
+        assert results == [keys[i % 50] for i in range(1000)]
+        assert cache.backend.max_connections == 5  # type: ignore[attr-defined]
+    finally:
+        await cache.clear()
+        await client.aclose()

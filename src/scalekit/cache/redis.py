@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +60,10 @@ class RedisBackend:
     and at most ``max_connections`` calls are in flight, so a burst of callers waits for a
     connection instead of making redis-py raise ``MaxConnectionsError``.
 
-    On a cluster, ``get_many``, ``set_many`` and ``delete_many`` split their keys by hash slot and
-    run the groups concurrently; ``clear`` scans every primary.
+    On a cluster, ``get_many``, ``set_many`` and ``delete_many`` are cluster pipelines: redis-py
+    groups the keys by the node owning their hash slot and sends each node its commands on one
+    connection, all nodes concurrently (one round trip, never a cross-slot command);
+    ``clear`` scans every primary.
 
     Args:
         client: the redis-py asyncio client (``decode_responses`` must be off: values are bytes).
@@ -162,15 +163,8 @@ class RedisBackend:
 
     # -- many keys ----------------------------------------------------------------------------
 
-    def _slots(self, keys: Sequence[str]) -> dict[int, list[int]]:
-        groups: dict[int, list[int]] = {}
-        keyslot = self.client.keyslot
-        for i, key in enumerate(keys):
-            groups.setdefault(keyslot(key), []).append(i)
-        return groups
-
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """``MGET`` (one per hash slot on a cluster, run concurrently)."""
+        """``MGET``; on a cluster, pipelined ``GET`` s, one connection per node."""
         if not keys:
             return []
         if not self.is_cluster:
@@ -178,13 +172,12 @@ class RedisBackend:
         return await self._guard.run(self._cluster_mget(keys), self.timeout)
 
     async def _cluster_mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        groups = list(self._slots(keys).values())
-        replies = await asyncio.gather(*(self.client.mget([keys[i] for i in g]) for g in groups))
-        out: list[bytes | None] = [None] * len(keys)
-        for group, reply in zip(groups, replies, strict=True):
-            for i, value in zip(group, reply, strict=True):
-                out[i] = value
-        return out
+        # a cluster pipeline sends each node its GETs on one connection, all nodes at once:
+        # one round trip, and never more than one connection per node per call
+        pipe = self.client.pipeline()
+        for key in keys:
+            pipe.execute_command("GET", key)
+        return list(await pipe.execute())
 
     async def set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
         """``SET ... PX`` for each item in one pipeline (split by node on a cluster)."""
@@ -202,17 +195,18 @@ class RedisBackend:
         await pipe.execute()
 
     async def delete_many(self, keys: Sequence[str]) -> int:
-        """``DEL`` (one per hash slot on a cluster, run concurrently)."""
+        """``DEL``; on a cluster, pipelined per node."""
         if not keys:
             return 0
         return await self._guard.run(self._delete_many(keys), self.timeout)
 
-    async def _delete_many(self, keys: Sequence[str]) -> int:
+    async def _delete_many(self, keys: Sequence[Any]) -> int:
         if not self.is_cluster:
             return int(await self.client.delete(*keys))
-        groups = self._slots(keys).values()
-        counts = await asyncio.gather(*(self.client.delete(*[keys[i] for i in g]) for g in groups))
-        return sum(int(c) for c in counts)
+        pipe = self.client.pipeline()
+        for key in keys:
+            pipe.execute_command("DEL", key)
+        return sum(int(c) for c in await pipe.execute())
 
     # -- namespace and tags -------------------------------------------------------------------
 
@@ -236,9 +230,10 @@ class RedisBackend:
     async def _unlink(self, keys: list[Any]) -> int:
         if not self.is_cluster:
             return int(await self.client.unlink(*keys))
-        groups = self._slots(keys).values()
-        counts = await asyncio.gather(*(self.client.unlink(*[keys[i] for i in g]) for g in groups))
-        return sum(int(c) for c in counts)
+        pipe = self.client.pipeline()
+        for key in keys:
+            pipe.execute_command("UNLINK", key)
+        return sum(int(c) for c in await pipe.execute())
 
     async def tag(self, tag_key: str, keys: Sequence[str], ttl: float | None) -> None:
         """``SADD`` the keys to the tag's set and extend its expiry to cover them."""
@@ -247,7 +242,7 @@ class RedisBackend:
             await self._guard.run(self._tag(keys=[tag_key], args=args), self.timeout)
 
     async def invalidate_tag(self, tag_key: str) -> int:
-        """Pop the tag's member set atomically, then delete its keys (split by slot)."""
+        """Pop the tag's member set atomically, then delete its keys (pipelined per node)."""
         return await self._guard.run(self._invalidate_tag(tag_key), self.bulk_timeout)
 
     async def _invalidate_tag(self, tag_key: str) -> int:
