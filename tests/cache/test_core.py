@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scalekit.cache import Cache, CacheStats, MemoryBackend, Signer
 from scalekit.errors import (
@@ -506,3 +508,18 @@ def test_stats_is_a_frozen_snapshot() -> None:
     with pytest.raises(AttributeError):
         stats.hits = 3  # type: ignore[misc]
     assert stats.hit_ratio == 0.0
+
+
+@given(data=st.binary(max_size=64) | st.binary(max_size=40).map(lambda b: b"\xc7\x00" + b))
+@settings(max_examples=150, deadline=None)
+def test_hostile_stored_bytes_are_misses_never_crashes(data: bytes) -> None:
+    async def run() -> None:
+        for signer in (None, Signer([b"k" * 32])):
+            cache = Cache(MemoryBackend(), namespace="t", signer=signer)
+            await cache.backend.set("t:k", data, None)
+            value = await cache.get("k", "miss")
+            loaded = await cache.get_or_load("k", Loader("fresh"))
+            assert value == "miss" or cache.stats().decode_errors == 0
+            assert loaded in ("fresh", value)
+
+    asyncio.run(run())

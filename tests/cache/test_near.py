@@ -139,6 +139,9 @@ async def test_near_cache_on_redis_cluster_sees_writes_on_every_primary(
                     break
                 await asyncio.sleep(0.005)
         assert len(near) == len(keys)
+        before = cache.stats().near_hits
+        assert await cache.get_many(keys) == {k: k for k in keys}
+        assert cache.stats().near_hits == before + len(keys)  # all from memory
         for k in keys:  # written by someone else, on whichever primary owns the slot
             await client.set(f"{unique}:{k}", b"changed")
         await _until(lambda: len(near) == 0, "invalidations from every primary")

@@ -498,18 +498,36 @@ class Cache:
         keys = list(keys)
         fulls = [self.key(k) for k in keys]
         found: dict[str, Any] = {}
+        near = self.near
+        tokens: list[int | None] = []
+        if near is not None:  # serve what the near cache has; ask Redis for the rest
+            rest_keys: list[str] = []
+            rest_fulls: list[str] = []
+            for key, full in zip(keys, fulls, strict=True):
+                value = near.lookup(full)
+                if value is _MISSING:
+                    rest_keys.append(key)
+                    rest_fulls.append(full)
+                    tokens.append(near.begin(full))
+                else:
+                    self._hits += 1
+                    self._near_hits += 1
+                    found[key] = value
+            keys, fulls = rest_keys, rest_fulls
         if not fulls:
             return found
         nothing: list[bytes | None] = [None] * len(fulls)
         datas = await self._call("get_many", self.backend.get_many(fulls), nothing)
         now = self.clock.time()
-        for key, data in zip(keys, datas, strict=True):
+        for i, (key, data) in enumerate(zip(keys, datas, strict=True)):
             entry = self._unpack(data) if data is not None else None
             if entry is None or entry.flags or now >= entry.fresh_until:
                 self._misses += 1
             else:
                 self._hits += 1
                 found[key] = entry.value
+                if near is not None:
+                    near.fill(fulls[i], tokens[i], entry.value, entry.fresh_until)
         return found
 
     async def set(
