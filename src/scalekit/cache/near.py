@@ -97,7 +97,7 @@ class NearCache:
         """Attach to ``cache`` (called by :class:`~scalekit.cache.Cache`; once only).
 
         Raises:
-            ConfigurationError: already bound, or the backend is not a standalone Redis.
+            ConfigurationError: already bound, or the backend is not a RedisBackend.
         """
         from scalekit.cache.redis import RedisBackend
 
