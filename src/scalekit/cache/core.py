@@ -118,6 +118,15 @@ class _LeaderGone(Exception):
     """The caller that was loading for us was cancelled: try again ourselves."""
 
 
+class _Flight:
+    """A lookup or load in flight; waiters share its result through ``future``."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] | None = None
+
+
 class _Entry:
     __slots__ = ("created", "delta", "flags", "fresh_until", "value")
 
@@ -241,7 +250,7 @@ class Cache:
         self.near = near
         if near is not None:
             near.bind(self)
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._inflight: dict[str, _Flight] = {}
         self._refreshing: dict[str, asyncio.Task[Any]] = {}
         self._last_log = -math.inf
         self._suppressed = 0
@@ -699,31 +708,35 @@ class Cache:
                 return value  # type: ignore[no-any-return]
         inflight = self._inflight
         while True:
-            fut = inflight.get(full)
-            if fut is None:
+            flight = inflight.get(full)
+            if flight is None:
                 break
             self._coalesced += 1
+            if flight.future is None:  # the first waiter creates the future (hits rarely wait)
+                flight.future = asyncio.get_running_loop().create_future()
             try:
-                return await asyncio.shield(fut)
+                return await asyncio.shield(flight.future)
             except _LeaderGone:
                 continue
             except BaseException as exc:
                 # one exception object is raised in every waiter: do not let tracebacks pile up
                 raise exc.with_traceback(None) from exc.__cause__
-        fut = asyncio.get_running_loop().create_future()
-        inflight[full] = fut
+        flight = inflight[full] = _Flight()
         try:
             result = await self._resolve(full, loader, ttl, tags)
         except asyncio.CancelledError:
-            fut.set_exception(_LeaderGone())
-            fut.exception()
+            if flight.future is not None:
+                flight.future.set_exception(_LeaderGone())
+                flight.future.exception()
             raise
         except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: the waiters (if any) re-raise it
+            if flight.future is not None:
+                flight.future.set_exception(exc)
+                flight.future.exception()  # retrieved: the waiters re-raise it
             raise
         else:
-            fut.set_result(result)
+            if flight.future is not None:
+                flight.future.set_result(result)
             return result
         finally:
             del inflight[full]
@@ -733,7 +746,14 @@ class Cache:
     ) -> T:
         near = self.near
         token = near.begin(full) if near is not None else None
-        data = await self._call("get", self.backend.get(full), None)
+        if self._guarded:
+            data = await self._call_guarded("get", self.backend.get(full), None)
+        else:
+            try:
+                data = await self.backend.get(full)
+            except Exception as exc:
+                self._failed("get", exc)
+                data = None
         stale: _Entry | None = None
         if data is not None:
             entry = self._unpack(data)
