@@ -21,7 +21,8 @@ Where a standard library type fits, the error inherits it too, so a scalekit tim
     │   ├── CacheBackendError                     the backend failed (strict mode only)
     │   ├── SerializationError (ValueError)       a value cannot be encoded or decoded
     │   │   └── SignatureError                    a signed value failed verification
-    │   └── ValueTooLargeError (ValueError)       a value exceeds the size limit
+    │   ├── ValueTooLargeError (ValueError)       a value exceeds the size limit
+    │   └── InvalidCacheKeyError (TypeError)      a cache key is not a non-empty str
     ├── SessionError
     │   ├── SessionTooLargeError (ValueError)     session data exceeds the size limit
     │   ├── SessionConflictError                  a concurrent update could not be merged
@@ -69,6 +70,7 @@ __all__ = [
     "DatabaseError",
     "DeadlineExceededError",
     "HealthError",
+    "InvalidCacheKeyError",
     "InvalidConsistencyTokenError",
     "InvalidShardKeyError",
     "LoadShedError",
@@ -207,6 +209,10 @@ class SignatureError(SerializationError):
 
 class ValueTooLargeError(CacheError, ValueError):
     """A value exceeds the configured maximum size."""
+
+
+class InvalidCacheKeyError(CacheError, TypeError):
+    """A cache key is not a non-empty ``str`` (build keys from ids explicitly: ``f"user:{id}"``)."""
 
 
 # -- sessions -----------------------------------------------------------------------------------

@@ -1,0 +1,42 @@
+"""Fixtures for the cache tests: real clients with unique namespaces, cleaned up after."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from scalekit.cache import Cache, RedisBackend
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def cluster_client(
+    redis_cluster_nodes: list[tuple[str, int]],
+) -> AsyncIterator[aioredis.RedisCluster]:
+    host, port = redis_cluster_nodes[0]
+    client = aioredis.RedisCluster(host=host, port=port)
+    await client.initialize()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_cache(redis_client: aioredis.Redis, unique: str) -> AsyncIterator[Cache]:
+    cache = Cache(RedisBackend(redis_client), namespace=unique, default_ttl=60)
+    try:
+        yield cache
+    finally:
+        await cache.clear()
+        await cache.aclose()
