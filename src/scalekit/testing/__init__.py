@@ -6,6 +6,7 @@ are importable from here as well as from their own package.
 
 from __future__ import annotations
 
+from scalekit.cache.backends import MemoryBackend as MemoryCacheBackend
 from scalekit.queue.dedup import MemoryDedupStore
 from scalekit.queue.memory import MemoryBroker
 from scalekit.resilience.store import InMemoryBreakerStore
@@ -19,6 +20,7 @@ __all__ = [
     "InMemoryBreakerStore",
     "ManualClock",
     "MemoryBroker",
+    "MemoryCacheBackend",
     "MemoryDedupStore",
     "MemoryDirectoryStore",
     "MemorySessionBackend",
