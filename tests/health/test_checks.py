@@ -36,7 +36,7 @@ from scalekit.testing import FaultProxy
 from tests.support.processes import RedisProcess
 
 
-async def run_one(check: Any, *, timeout: float = 2.0, critical: bool = True) -> CheckOutcome:  # noqa: ASYNC109
+async def run_one(check: Any, *, timeout: float = 2.0, critical: bool = True) -> CheckOutcome:
     reg = HealthRegistry(started=True, event_loop_check=False, cache_for=0)
     reg.add("dep:check", check, timeout=timeout, critical=critical)
     report = await reg.run(READINESS)

@@ -13,7 +13,7 @@ from scalekit.queue import Broker, MemoryBroker, QueueSpec, RabbitMQBroker
 
 async def wait_for(  # noqa: ASYNC109, RUF100
     condition: Callable[[], bool | Awaitable[bool]],
-    timeout: float = 15.0,  # noqa: ASYNC109
+    timeout: float = 15.0,
     what: str = "",
 ) -> None:
     """Poll ``condition`` until true; fail after ``timeout`` seconds."""
