@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import os
 import uuid
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import services
+from tests.support.collect import imports_missing_module
 from tests.support.processes import RedisProcess
 
 pytest_plugins = ["pytester"]
@@ -23,30 +23,13 @@ pytest_plugins = ["pytester"]
 NO_EXTRAS = os.environ.get("SCALEKIT_NO_EXTRAS") == "1"
 
 
-def _imports_missing_module(path: Path) -> bool:
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except (OSError, SyntaxError):
-        return False
-    for node in tree.body:  # module-level imports only; lazy imports are the point
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        for name in names:
-            if importlib.util.find_spec(name.partition(".")[0]) is None:
-                return True
-    return False
-
-
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     if not NO_EXTRAS:
         return None
     if collection_path.is_dir():
         conftest = collection_path / "conftest.py"
-        return True if conftest.exists() and _imports_missing_module(conftest) else None
-    if collection_path.suffix == ".py" and _imports_missing_module(collection_path):
+        return True if conftest.exists() and imports_missing_module(conftest) else None
+    if collection_path.suffix == ".py" and imports_missing_module(collection_path):
         return True
     return None
 
@@ -110,6 +93,8 @@ def unique() -> str:
 @pytest.fixture
 def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
     """A private, running redis-server the test may stop, kill and restart."""
+    if importlib.util.find_spec("redis") is None:
+        pytest.skip("redis is not installed (the no-extras run tests pure logic only)")
     proc = RedisProcess(tmp_path)
     proc.start()
     try:
