@@ -19,6 +19,7 @@ import asyncio
 import gc
 import itertools
 import json
+import logging
 import os
 import shutil
 import socket
@@ -37,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 import redis.asyncio as aioredis
 
 from scalekit.cache import Cache, NearCache, RedisBackend
+
+# aiocache logs a full traceback for every MaxConnectionsError in the stampede; the table counts them.
+logging.getLogger("aiocache").setLevel(logging.CRITICAL)
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
