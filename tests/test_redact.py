@@ -68,3 +68,26 @@ def test_log_lines_are_redacted_by_the_json_formatter() -> None:
     line = JsonFormatter().format(record)
     assert ":pw@" not in line
     assert REDACTED in line
+
+
+def test_no_component_shows_a_password_in_its_repr() -> None:
+    pytest.importorskip("redis")
+    pytest.importorskip("asyncpg")
+    pytest.importorskip("aio_pika")
+    from scalekit.cache import RedisBackend
+    from scalekit.db import Database
+    from scalekit.queue import RabbitMQBroker
+    from scalekit.sessions import RedisSessionBackend
+
+    components = [
+        Database(
+            "postgresql://app:hunter2@127.0.0.1:1/x", ["postgresql://app:hunter2@127.0.0.1:2/x"]
+        ),
+        RabbitMQBroker("amqp://u:hunter2@127.0.0.1:1/"),
+        RedisBackend.from_url("redis://:hunter2@127.0.0.1:1/0"),
+        RedisSessionBackend.from_url("redis://:hunter2@127.0.0.1:1/0"),
+    ]
+    for component in components:
+        assert "hunter2" not in repr(component), type(component).__name__
+    assert REDACTED in repr(components[0])
+    assert REDACTED in repr(components[1])
