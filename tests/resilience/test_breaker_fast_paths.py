@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -31,7 +31,7 @@ async def fail() -> None:
     raise Boom("down")
 
 
-Style = Callable[[CircuitBreaker, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+Style = Callable[[CircuitBreaker, Callable[[], Awaitable[Any]]], Coroutine[Any, Any, Any]]
 
 
 async def via_call(breaker: CircuitBreaker, fn: Callable[[], Awaitable[Any]]) -> Any:
