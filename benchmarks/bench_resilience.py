@@ -50,9 +50,7 @@ async def boom() -> int:
     raise ValueError("down")
 
 
-async def measure(
-    loop: Loop, n: int, repeat: int, timer: Callable[[], int] | None = None
-) -> float:
+async def measure(loop: Loop, n: int, repeat: int, timer: Callable[[], int] | None = None) -> float:
     """Median ns per operation of ``loop(n)`` over ``repeat`` runs (after one warm-up)."""
     clock = timer or now_ns
     await loop(min(n, 2000))

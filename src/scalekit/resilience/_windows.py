@@ -120,16 +120,19 @@ class _CountRecorder:
 class _TimeRecorder:
     """The runtime state of a :class:`TimeWindow`: a ring of time slices with running totals.
 
-    ``end`` is the first instant past the newest slice and ``slot`` that slice's ring index,
-    so the breaker's hot path counts a success with one float comparison and no division
-    (``now < end``: same slice, nothing to evict).
+    ``end`` is the first instant past the newest slice, so the breaker's hot path counts a
+    success with one float comparison and one increment of ``fresh`` (``now < end``: same
+    slice, nothing to evict); ``fresh`` is folded into the slice and the totals before anything
+    reads them.
     """
 
     __slots__ = (
+        "_seq",
         "calls",
         "current",
         "end",
         "failures",
+        "fresh_successes",
         "minimum",
         "n",
         "ring_calls",
@@ -137,7 +140,6 @@ class _TimeRecorder:
         "ring_slow",
         "scale",
         "seconds",
-        "seq",
         "slot",
         "slow",
     )
@@ -153,10 +155,24 @@ class _TimeRecorder:
         self.current: int | None = None  # absolute index of the newest slice
         self.end = -math.inf  # no slice yet: the hot path always takes the full route
         self.slot = 0
+        self.fresh_successes = 0  # successes in the newest slice not yet folded in
         self.calls = 0
         self.failures = 0
         self.slow = 0
-        self.seq = seq  # cumulative calls, for metrics
+        self._seq = seq  # cumulative calls, for metrics
+
+    @property
+    def seq(self) -> int:
+        """Calls ever recorded (the cumulative counter for metrics)."""
+        return self._seq + self.fresh_successes
+
+    def _fold(self) -> None:
+        fresh = self.fresh_successes
+        if fresh:
+            self.fresh_successes = 0
+            self.ring_calls[self.slot] += fresh
+            self.calls += fresh
+            self._seq += fresh
 
     def fresh(self) -> _TimeRecorder:
         """A new, empty window continuing this one's cumulative count.
@@ -177,6 +193,7 @@ class _TimeRecorder:
         return end
 
     def _advance(self, now: float) -> int:
+        self._fold()
         index = int(now * self.scale)
         current = self.current
         if current is None:
@@ -200,7 +217,7 @@ class _TimeRecorder:
 
     def record(self, outcome: int, now: float) -> None:
         i = self._advance(now)
-        self.seq += 1
+        self._seq += 1
         self.calls += 1
         self.ring_calls[i] += 1
         if outcome & FAILURE:

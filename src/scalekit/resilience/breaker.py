@@ -241,15 +241,8 @@ def _sk_make(_sk_fn, _sk_breaker, _sk_OPEN, _sk_KIND_CLOSED{defaults}):
                 raise
             _sk_now = _sk_breaker._now()
             if _sk_now < _sk_rec.end:
-                _sk_rec.seq += 1
-                _sk_rec.ring_calls[_sk_rec.slot] += 1
-                _sk_calls = _sk_rec.calls + 1
-                _sk_rec.calls = _sk_calls
-                if (
-                    _sk_calls >= _sk_rec.minimum
-                    and (_sk_rec.failures or _sk_rec.slow)
-                    and _sk_rec is _sk_breaker._fast_time
-                ):
+                _sk_rec.fresh_successes += 1
+                if _sk_rec.failures and _sk_rec is _sk_breaker._fast_time:
                     _sk_breaker._evaluate_closed(_sk_now)
             elif _sk_rec is _sk_breaker._fast_time:
                 _sk_breaker._record_outcome(0, _sk_breaker._gen, _sk_KIND_CLOSED)
@@ -675,11 +668,9 @@ class CircuitBreaker:
                 raise
             now = self._now()
             if now < rec.end:  # same time slice: nothing to evict, count and done
-                rec.seq += 1
-                rec.ring_calls[rec.slot] += 1
-                calls = rec.calls + 1
-                rec.calls = calls
-                if calls >= rec.minimum and (rec.failures or rec.slow) and rec is self._fast_time:
+                rec.fresh_successes += 1
+                # with failures in the window, a success can still bring it to minimum_calls
+                if rec.failures and rec is self._fast_time:
                     self._evaluate_closed(now)
             elif rec is self._fast_time:
                 self._record_outcome(0, self._gen, _KIND_CLOSED)
@@ -748,7 +739,13 @@ class CircuitBreaker:
                 if seq == rec.check_at:
                     self._evaluate_closed(0.0)
             elif rec is self._fast_time:
-                self._record_outcome(0, ticket[2], _KIND_CLOSED)
+                now = self._now()
+                if now < rec.end:
+                    rec.fresh_successes += 1
+                    if rec.failures:
+                        self._evaluate_closed(now)
+                else:
+                    self._record_outcome(0, ticket[2], _KIND_CLOSED)
             return _DONE
         slow: Awaitable[None] = self._aexit_slow(ticket, exc)
         return slow
@@ -799,10 +796,8 @@ class CircuitBreaker:
                     self._evaluate_closed(0.0)
                 return result
             now = now_fn()
-            if int(now * rec.scale) == rec.current:  # same time slice: count and done
-                rec.seq += 1
-                rec.calls += 1
-                rec.ring_calls[rec.current % rec.n] += 1
+            if now < rec.end:  # same time slice: count and done
+                rec.fresh_successes += 1
                 if rec.failures or rec.slow:
                     self._evaluate_closed(now)
                 return result
