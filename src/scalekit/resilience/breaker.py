@@ -225,10 +225,7 @@ def _sk_make(_sk_fn, _sk_breaker, _sk_OPEN, _sk_KIND_CLOSED{defaults}):
                     _sk_exc, _sk_breaker._gen if _sk_rec is _sk_breaker._fast_rec else -1, 0, 0.0
                 )
                 raise
-            _sk_seq = _sk_rec.seq + 1
-            _sk_rec.seq = _sk_seq
-            if _sk_seq == _sk_rec.check_at and _sk_rec is _sk_breaker._fast_rec:
-                _sk_breaker._evaluate_closed(0.0)
+            _sk_rec.seq += 1
             return _sk_result
         _sk_rec = _sk_breaker._fast_time
         if _sk_rec is not None:
@@ -654,10 +651,7 @@ class CircuitBreaker:
             except BaseException as exc:
                 self._on_exception(exc, self._gen if rec is self._fast_rec else -1, 0, 0.0)
                 raise
-            seq = rec.seq + 1
-            rec.seq = seq
-            if seq == rec.check_at and rec is self._fast_rec:
-                self._evaluate_closed(0.0)
+            rec.seq += 1  # past minimum_calls: a success cannot open the breaker
             return result
         rec = self._fast_time
         if rec is not None:
@@ -734,10 +728,7 @@ class CircuitBreaker:
             if exc is not None:
                 self._on_exception(exc, ticket[2], _KIND_CLOSED, 0.0)
             elif rec is self._fast_rec:
-                seq = rec.seq + 1
-                rec.seq = seq
-                if seq == rec.check_at:
-                    self._evaluate_closed(0.0)
+                rec.seq += 1
             elif rec is self._fast_time:
                 now = self._now()
                 if now < rec.end:
@@ -794,6 +785,7 @@ class CircuitBreaker:
                 rec.seq = seq
                 if seq == rec.check_at:
                     self._evaluate_closed(0.0)
+                    self._update_fast()
                 return result
             now = now_fn()
             if now < rec.end:  # same time slice: count and done
@@ -932,7 +924,10 @@ class CircuitBreaker:
                 return
             now = self._now() if not isinstance(self._rec, _CountRecorder) else 0.0
             self._rec.record(outcome, now)
-            if outcome or self._rec.should_check():
+            if self._rec.should_check():
+                self._evaluate_closed(now)
+                self._update_fast()  # a count window at minimum_calls: the fast path opens
+            elif outcome:
                 self._evaluate_closed(now)
             return
         # trial
@@ -1011,16 +1006,19 @@ class CircuitBreaker:
         # the fast paths run only when closed with nothing to time, check or share:
         # _fast_rec is the count window then, _fast_time the time window, None otherwise
         # (one attribute read decides); every entry into CLOSED makes a new window object,
-        # so stragglers update a dead one
+        # so stragglers update a dead one. A count window takes the fast path only once it
+        # holds minimum_calls: before, the success that reaches it may open the breaker and
+        # must be checked; after, a success never can, so the fast path only counts it
+        rec = self._rec
         fast = (
             self._state is BreakerState.CLOSED
             and self.slow_call_duration is None
             and self._record_result is None
             and self.store is None
         )
-        counted = fast and isinstance(self._rec, _CountRecorder)
-        self._fast_rec = self._rec if counted else None
-        self._fast_time = self._rec if fast and not counted else None
+        counted = isinstance(rec, _CountRecorder)
+        self._fast_rec = rec if fast and counted and rec.seq >= rec.check_at else None
+        self._fast_time = rec if fast and not counted else None
 
     def _transition(self, new: BreakerState, reason: str) -> None:
         previous = self._state
