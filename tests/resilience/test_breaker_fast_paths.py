@@ -310,3 +310,72 @@ async def test_decorator_and_call_agree_off_the_count_fast_path(kwargs: dict[str
         await guarded(value)
         assert one.snapshot().calls == two.snapshot().calls
         assert one.snapshot().failures == two.snapshot().failures
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("straggler_first", [True, False])
+async def test_async_with_entries_after_a_transition_are_told_from_stragglers(
+    window: Callable[[], Any], straggler_first: bool
+) -> None:
+    breaker = CircuitBreaker("svc", window=window(), minimum_calls=1)
+    await breaker.call(ok)  # past minimum_calls: the fast path
+    old, new = asyncio.Event(), asyncio.Event()
+
+    async def use(gate: asyncio.Event, fails: bool) -> None:
+        async with breaker:
+            await gate.wait()
+            if fails:
+                raise Boom("x")
+
+    straggler = asyncio.create_task(use(old, fails=True))
+    await asyncio.sleep(0)
+    breaker.reset()  # the straggler's window is gone
+    fresh = asyncio.create_task(use(new, fails=False))
+    await asyncio.sleep(0)
+    first, second = (old, new) if straggler_first else (new, old)
+    first.set()
+    await asyncio.sleep(0)
+    second.set()
+    results = await asyncio.gather(straggler, fresh, return_exceptions=True)
+    assert isinstance(results[0], Boom)
+    assert results[1] is None
+    snap = breaker.snapshot()
+    assert (snap.calls, snap.failures, snap.state) == (1, 0, BreakerState.CLOSED)
+    async with breaker:  # no straggler left: ticketless again, and counted
+        pass
+    assert breaker.snapshot().calls == 2
+
+
+async def test_async_with_fast_entries_beside_and_inside_a_ticketed_entry() -> None:
+    breaker = CircuitBreaker("svc", window=CountWindow(10), minimum_calls=2)
+    release = asyncio.Event()
+
+    async def early() -> None:
+        async with breaker:  # before minimum_calls: the full route, with a ticket
+            await release.wait()
+
+    task = asyncio.create_task(early())
+    await asyncio.sleep(0)
+    async with breaker:  # also before minimum_calls
+        await breaker.call(ok)  # the window reaches minimum_calls: fast path from now on
+        async with breaker:  # inside this task's ticketed entry: takes a ticket too
+            pass
+    with pytest.raises(Boom):
+        async with breaker:  # beside the other task's open ticket: ticketless
+            raise Boom("x")
+    release.set()
+    await task
+    snap = breaker.snapshot()
+    assert (snap.calls, snap.failures) == (5, 1)
+
+
+async def test_async_with_nested_in_a_straggling_entry_of_the_same_task() -> None:
+    breaker = CircuitBreaker("svc", window=CountWindow(10), minimum_calls=1)
+    async with breaker:  # before minimum_calls: ticketed
+        breaker.reset()  # the outer entry is now a straggler
+        await breaker.call(ok)  # fresh window at minimum_calls: fast path
+        with pytest.raises(Boom):
+            async with breaker:  # must count, though the outer one must not
+                raise Boom("inner")
+    snap = breaker.snapshot()
+    assert (snap.calls, snap.failures) == (2, 1)

@@ -206,6 +206,8 @@ def _ensure_instruments() -> Any:
 _TICKETS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "scalekit_breaker_tickets", default=None
 )
+_get_ticket = _TICKETS.get
+_set_ticket = _TICKETS.set
 
 
 # -- @breaker: a wrapper with the decorated function's own parameters ---------------------------
@@ -429,13 +431,16 @@ class CircuitBreaker:
         "_record_result",
         "_retry_after_hint",
         "_shared_gen",
+        "_stale_with",
         "_state",
         "_store_healthy",
         "_tasks",
+        "_ticketed_open",
         "_trial_calls",
         "_trial_failures",
         "_trial_permits",
         "_trial_slow",
+        "_with_inflight",
         "clock",
         "failure_rate_threshold",
         "half_open_max_calls",
@@ -553,6 +558,9 @@ class CircuitBreaker:
         self._pending_shared: list[int] = []
         self._fast_rec: Any = None
         self._fast_time: Any = None
+        self._with_inflight = 0  # ticketless `async with` entries of the current window
+        self._stale_with = 0  # ticketless entries admitted before the last transition
+        self._ticketed_open = 0  # open `async with` tickets of this breaker, in every task
         self._entered = _done(self)
         self._update_fast()
         _BREAKERS.add(self)
@@ -685,26 +693,38 @@ class CircuitBreaker:
         return _guard(self, fn)
 
     def __aenter__(self) -> Awaitable[CircuitBreaker]:
-        # a plain method returning an awaitable: in the closed fast path no coroutine is made,
+        # a plain method returning an awaitable: on the closed fast path no coroutine is made,
         # the awaitable is an already-completed future (C code, no event loop involved)
         rec = self._fast_rec
         if rec is None:
             rec = self._fast_time
             if rec is None:
                 return self._aenter_slow()
-        ticket = _TICKETS.get()
+        if not (self._stale_with or self._ticketed_open):
+            # no ticket, no context variable: while no straggler is in flight, every ticketless
+            # entry belongs to the current window (_transition counts them out)
+            self._with_inflight += 1
+            return self._entered
+        ticket = _get_ticket()
         while ticket is not None and ticket[0] is None:  # skip closed tickets
             ticket = ticket[5]
-        _TICKETS.set([self, rec, self._gen, _KIND_CLOSED, 0.0, ticket])
+        if self._stale_with or (ticket is not None and ticket[0] is self):
+            # stragglers in flight, or inside a ticketed entry of this breaker in this task:
+            # a ticket says which admission this is
+            self._ticketed_open += 1
+            _set_ticket([self, rec, self._gen, _KIND_CLOSED, 0.0, ticket])
+        else:
+            self._with_inflight += 1
         return self._entered
 
     async def _aenter_slow(self) -> CircuitBreaker:
         gen, kind = await self._admit()
         start = self._now() if self.slow_call_duration is not None else 0.0
-        ticket = _TICKETS.get()
+        ticket = _get_ticket()
         while ticket is not None and ticket[0] is None:
             ticket = ticket[5]
-        _TICKETS.set([self, None, gen, kind, start, ticket])
+        self._ticketed_open += 1
+        _set_ticket([self, None, gen, kind, start, ticket])
         return self
 
     def __aexit__(
@@ -713,16 +733,46 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Awaitable[None]:
-        ticket: list[Any] | None = _TICKETS.get()
-        while ticket is not None and ticket[0] is None:
-            ticket = ticket[5]
-        # this breaker's ticket is the innermost open one (nesting other breakers is fine)
-        if ticket is None or ticket[0] is not self:
+        if self._ticketed_open:
+            ticket: list[Any] | None = _get_ticket()
+            while ticket is not None and ticket[0] is None:
+                ticket = ticket[5]
+            if ticket is not None and ticket[0] is self:  # the entry took a ticket
+                done: Awaitable[None] = self._exit_ticket(ticket, exc)
+                return done
+        # the matching entry took no ticket (this task's innermost open ticket is not this
+        # breaker's): it was admitted on the fast path
+        if self._stale_with:  # then every ticketless entry in flight is a straggler
+            self._stale_with -= 1
+            if exc is not None:
+                self._on_exception(exc, -1, _KIND_CLOSED, 0.0)
+            return _DONE
+        if not self._with_inflight:
             raise RuntimeError(
                 f"circuit breaker {self.name!r}: __aexit__ without a matching __aenter__ "
                 "in this task"
             )
+        self._with_inflight -= 1
+        if exc is None:
+            rec = self._fast_rec
+            if rec is not None:
+                rec.seq += 1
+                return _DONE
+            rec = self._fast_time
+            now = self._now()
+            if rec is not None and now < rec.end:
+                rec.fresh_successes += 1
+                if rec.failures:
+                    self._evaluate_closed(now)
+                return _DONE
+            self._record_outcome(0, self._gen, _KIND_CLOSED)
+        else:
+            self._on_exception(exc, self._gen, _KIND_CLOSED, 0.0)
+        return _DONE
+
+    def _exit_ticket(self, ticket: list[Any], exc: BaseException | None) -> Awaitable[None]:
         ticket[0] = None  # closed, not popped: no second context-variable write
+        self._ticketed_open -= 1
         rec = ticket[1]
         if rec is not None:
             if exc is not None:
@@ -730,13 +780,7 @@ class CircuitBreaker:
             elif rec is self._fast_rec:
                 rec.seq += 1
             elif rec is self._fast_time:
-                now = self._now()
-                if now < rec.end:
-                    rec.fresh_successes += 1
-                    if rec.failures:
-                        self._evaluate_closed(now)
-                else:
-                    self._record_outcome(0, ticket[2], _KIND_CLOSED)
+                self._record_outcome(0, ticket[2], _KIND_CLOSED)
             return _DONE
         slow: Awaitable[None] = self._aexit_slow(ticket, exc)
         return slow
@@ -1023,6 +1067,10 @@ class CircuitBreaker:
     def _transition(self, new: BreakerState, reason: str) -> None:
         previous = self._state
         self._gen += 1
+        # ticketless `async with` entries still in flight were admitted before this change:
+        # their outcomes are discarded, and until they are all out new entries take tickets
+        self._stale_with += self._with_inflight
+        self._with_inflight = 0
         self._state = new
         if new is BreakerState.CLOSED:
             self._rec = self._rec.fresh()
