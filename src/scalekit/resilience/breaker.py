@@ -8,11 +8,15 @@ States and transitions::
     HALF_OPEN --(rates at or above thresholds)--> OPEN (open_duration * open_backoff**n)
     any --force_open()--> FORCED_OPEN;  any --disable()--> DISABLED;  any --reset()--> CLOSED
 
-The closed-state hot path takes no lock and allocates nothing: with a :class:`CountWindow`, no
-slow-call tracking and no shared store, a successful call costs one integer increment on top of
-the awaited coroutine. Outcomes of calls admitted before a transition are discarded (each call
-carries the state's generation), so a slow straggler from the closed state never decides a
-half-open trial.
+The closed-state hot path takes no lock and allocates nothing: with no slow-call tracking, no
+result predicate and no shared store, a successful call costs one attribute read to admit it and
+one integer increment to count it (a :class:`CountWindow` once it holds ``minimum_calls``; a
+:class:`TimeWindow` adds one clock read). ``@breaker`` compiles a wrapper with the function's own
+parameters (no argument repacking), and ``async with`` returns completed futures from plain
+methods and takes no per-task ticket unless a straggler or a ticketed entry of the breaker is in
+flight. Outcomes of calls admitted before a transition are discarded (each call is tied to the
+window, or generation, it was admitted under), so a slow straggler from the closed state never
+decides a half-open trial.
 """
 
 from __future__ import annotations
