@@ -282,14 +282,23 @@ async def test_decorator_on_methods_partials_and_odd_parameter_names() -> None:
     async def odd(_sk_fn: int, *, _sk_rec: int = 1) -> int:
         return _sk_fn + _sk_rec
 
+    async def shadowing(BaseException: int) -> int:
+        if BaseException < 0:
+            raise Boom("negative")
+        return BaseException
+
     async def add(x: int, y: int) -> int:
         return x + y
 
     assert await Client().get("a") == "aa"
     assert await breaker(odd)(1, _sk_rec=2) == 3
+    with pytest.raises(Boom):
+        await breaker(shadowing)(-1)
+    assert await breaker(shadowing)(BaseException=4) == 4
     assert await breaker(functools.partial(add, 1))(y=2) == 3
     assert await breaker(functools.partial(add, 1))(2) == 3
-    assert breaker.snapshot().calls == 4
+    assert breaker.snapshot().calls == 6
+    assert breaker.snapshot().failures == 1
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ import contextlib
 import contextvars
 import enum
 import functools
+import keyword
 import time
 import types
 import weakref
@@ -259,6 +260,7 @@ def _sk_make(_sk_fn, _sk_breaker, _sk_OPEN, _sk_KIND_CLOSED{defaults}):
 """
 
 _CO_VARARGS = 0x04
+_TEMPLATE_NAMES = frozenset({"BaseException"})  # builtins the template uses: never shadowed
 _CO_VARKEYWORDS = 0x08
 
 
@@ -280,7 +282,14 @@ def _parameters(fn: Any) -> tuple[str, str, str, str, list[Any]] | None:
     i += varargs is not None
     varkw = names[i] if code.co_flags & _CO_VARKEYWORDS else None
     every = [*positional, *kwonly, varargs or "", varkw or ""]
-    if any(name.startswith("_sk_") or not name.isidentifier() for name in every if name):
+    if any(
+        name.startswith("_sk_")
+        or name in _TEMPLATE_NAMES
+        or not name.isidentifier()
+        or keyword.iskeyword(name)
+        for name in every
+        if name
+    ):
         return None
     pos_defaults = fn.__defaults__ or ()
     kw_defaults = fn.__kwdefaults__ or {}
