@@ -205,9 +205,9 @@ def _ensure_instruments() -> Any:
 
 
 # A ticket is a list, [breaker, window, generation, kind, start, previous ticket]: building a
-# list literal costs a third of calling a class. `async with` sets the context variable once
-# (on entry); the exit marks the ticket closed (breaker slot set to None) and the next entry in
-# the task skips closed tickets, so the chain holds only open ones plus at most one closed.
+# list literal costs a third of calling a class. Only entries that need one take a ticket (see
+# __aenter__), setting the context variable once; the exit marks the ticket closed (breaker slot
+# set to None) instead of popping it, and later entries in the task skip closed tickets.
 _TICKETS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "scalekit_breaker_tickets", default=None
 )
@@ -260,8 +260,17 @@ def _sk_make(_sk_fn, _sk_breaker, _sk_OPEN, _sk_KIND_CLOSED{defaults}):
 """
 
 _CO_VARARGS = 0x04
-_TEMPLATE_NAMES = frozenset({"BaseException"})  # builtins the template uses: never shadowed
 _CO_VARKEYWORDS = 0x08
+_TEMPLATE_NAMES = frozenset({"BaseException"})  # builtins the template uses: never shadowed
+
+
+@functools.lru_cache(maxsize=512)
+def _guard_factory(source: str) -> Callable[..., Any]:
+    """Compile a wrapper source once per parameter shape (decorating costs microseconds)."""
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<scalekit circuit breaker wrapper>", "exec"), namespace)
+    factory: Callable[..., Any] = namespace["_sk_make"]
+    return factory
 
 
 def _parameters(fn: Any) -> tuple[str, str, str, str, list[Any]] | None:
@@ -342,9 +351,7 @@ def _guard(breaker: CircuitBreaker, fn: Callable[P, Awaitable[T]]) -> Callable[P
         kwargs=kwargs,
         defaults="".join(f", _sk_d{i}" for i in range(len(defaults))),
     )
-    namespace: dict[str, Any] = {}
-    exec(compile(source, f"<scalekit breaker {breaker.name!r}>", "exec"), namespace)
-    guarded = namespace["_sk_make"](fn, breaker, BreakerState.OPEN, _KIND_CLOSED, *defaults)
+    guarded = _guard_factory(source)(fn, breaker, BreakerState.OPEN, _KIND_CLOSED, *defaults)
     code = guarded.__code__
     name = getattr(fn, "__name__", code.co_name)
     qualname = getattr(fn, "__qualname__", name)
