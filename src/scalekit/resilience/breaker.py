@@ -712,9 +712,10 @@ class CircuitBreaker:
             )
         return _guard(self, fn)
 
-    def __aenter__(self) -> Awaitable[CircuitBreaker]:
-        # a plain method returning an awaitable: on the closed fast path no coroutine is made,
-        # the awaitable is an already-completed future (C code, no event loop involved)
+    def _enter(self) -> Awaitable[CircuitBreaker]:
+        # __aenter__ (see below): a plain method returning an awaitable; on the closed fast
+        # path no coroutine is made, the awaitable is an already-completed future (C code, no
+        # event loop involved)
         rec = self._fast_rec
         if rec is None:
             rec = self._fast_time
@@ -747,12 +748,13 @@ class CircuitBreaker:
         _set_ticket([self, None, gen, kind, start, ticket])
         return self
 
-    def __aexit__(
+    def _exit(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Awaitable[None]:
+        # __aexit__ (see below)
         if self._ticketed_open:
             ticket: list[Any] | None = _get_ticket()
             while ticket is not None and ticket[0] is None:
@@ -789,6 +791,24 @@ class CircuitBreaker:
         else:
             self._on_exception(exc, self._gen, _KIND_CLOSED, 0.0)
         return _DONE
+
+    if TYPE_CHECKING:
+        # what type checkers see (and AbstractAsyncContextManager expects): coroutines
+
+        async def __aenter__(self) -> CircuitBreaker:
+            return self
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None:
+            return None
+
+    else:
+        __aenter__ = _enter
+        __aexit__ = _exit
 
     def _exit_ticket(self, ticket: list[Any], exc: BaseException | None) -> Awaitable[None]:
         ticket[0] = None  # closed, not popped: no second context-variable write
