@@ -3,7 +3,8 @@ circuitbreaker and aiomisc.
 
 Measured, each as the median of several repeats, in ns per call:
 
-* **closed**: one protected call of a trivial coroutine, and its ratio to a bare ``await f()``;
+* **closed**: one protected call of a trivial coroutine, and its ratio to a bare ``await f()``
+  (scalekit through ``call``, ``@breaker`` and ``async with``, with a count and a time window);
 * **open**: one rejected call (raise + catch), for the first and the last batch of rejections,
   so a rejection cost that grows (a traceback kept and extended, as in purgatory) shows up;
 * **shared**: scalekit with :class:`RedisBreakerStore` on local Redis (closed path) and
