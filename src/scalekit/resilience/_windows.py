@@ -118,44 +118,82 @@ class _CountRecorder:
 
 
 class _TimeRecorder:
-    """The runtime state of a :class:`TimeWindow`: a ring of time slices with running totals."""
+    """The runtime state of a :class:`TimeWindow`: a ring of time slices with running totals.
+
+    ``end`` is the first instant past the newest slice, so the breaker's hot path counts a
+    success with one float comparison and one increment of ``fresh`` (``now < end``: same
+    slice, nothing to evict); ``fresh`` is folded into the slice and the totals before anything
+    reads them.
+    """
 
     __slots__ = (
+        "_seq",
         "calls",
         "current",
+        "end",
         "failures",
+        "fresh_successes",
+        "minimum",
         "n",
         "ring_calls",
         "ring_failures",
         "ring_slow",
         "scale",
-        "seq",
+        "seconds",
+        "slot",
         "slow",
     )
 
-    def __init__(self, seconds: float, buckets: int) -> None:
+    def __init__(self, seconds: float, buckets: int, minimum: int = 1, seq: int = 0) -> None:
         self.n = buckets
+        self.seconds = seconds
+        self.minimum = minimum
         self.scale = buckets / seconds  # slices per second
         self.ring_calls = [0] * buckets
         self.ring_failures = [0] * buckets
         self.ring_slow = [0] * buckets
         self.current: int | None = None  # absolute index of the newest slice
+        self.end = -math.inf  # no slice yet: the hot path always takes the full route
+        self.slot = 0
+        self.fresh_successes = 0  # successes in the newest slice not yet folded in
         self.calls = 0
         self.failures = 0
         self.slow = 0
-        self.seq = 0  # cumulative calls, for metrics
+        self._seq = seq  # cumulative calls, for metrics
+
+    @property
+    def seq(self) -> int:
+        """Calls ever recorded (the cumulative counter for metrics)."""
+        return self._seq + self.fresh_successes
+
+    def _fold(self) -> None:
+        fresh = self.fresh_successes
+        if fresh:
+            self.fresh_successes = 0
+            self.ring_calls[self.slot] += fresh
+            self.calls += fresh
+            self._seq += fresh
 
     def fresh(self) -> _TimeRecorder:
-        """This window, emptied (its cumulative count is kept)."""
-        n = self.n
-        self.ring_calls = [0] * n
-        self.ring_failures = [0] * n
-        self.ring_slow = [0] * n
-        self.current = None
-        self.calls = self.failures = self.slow = 0
-        return self
+        """A new, empty window continuing this one's cumulative count.
+
+        A new object (not this one cleared), so an outcome of a call admitted before the
+        transition lands in the dead window and changes nothing.
+        """
+        return _TimeRecorder(self.seconds, self.n, self.minimum, self.seq)
+
+    def _slice_end(self, index: int) -> float:
+        # the smallest float t with int(t * scale) > index: exact agreement with _advance
+        scale = self.scale
+        end = (index + 1) / scale
+        while int(end * scale) <= index:
+            end = math.nextafter(end, math.inf)
+        while int(math.nextafter(end, -math.inf) * scale) > index:
+            end = math.nextafter(end, -math.inf)
+        return end
 
     def _advance(self, now: float) -> int:
+        self._fold()
         index = int(now * self.scale)
         current = self.current
         if current is None:
@@ -172,12 +210,14 @@ class _TimeRecorder:
             self.current = index
         else:
             # a clock that went backwards (or a late outcome) lands in the newest slice
-            index = current
-        return index % self.n
+            return self.slot
+        self.slot = slot = index % self.n
+        self.end = self._slice_end(index)
+        return slot
 
     def record(self, outcome: int, now: float) -> None:
         i = self._advance(now)
-        self.seq += 1
+        self._seq += 1
         self.calls += 1
         self.ring_calls[i] += 1
         if outcome & FAILURE:
@@ -201,7 +241,7 @@ def make_recorder(window: Window, minimum: int) -> _CountRecorder | _TimeRecorde
     if isinstance(window, CountWindow):
         return _CountRecorder(window.size, minimum)
     if isinstance(window, TimeWindow):
-        return _TimeRecorder(float(window.seconds), window.buckets)
+        return _TimeRecorder(float(window.seconds), window.buckets, minimum)
     raise ConfigurationError(
         f"window={window!r}: pass CountWindow(size) or TimeWindow(seconds=...)"
     )

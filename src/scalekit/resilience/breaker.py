@@ -8,11 +8,15 @@ States and transitions::
     HALF_OPEN --(rates at or above thresholds)--> OPEN (open_duration * open_backoff**n)
     any --force_open()--> FORCED_OPEN;  any --disable()--> DISABLED;  any --reset()--> CLOSED
 
-The closed-state hot path takes no lock and allocates nothing: with a :class:`CountWindow`, no
-slow-call tracking and no shared store, a successful call costs one integer increment on top of
-the awaited coroutine. Outcomes of calls admitted before a transition are discarded (each call
-carries the state's generation), so a slow straggler from the closed state never decides a
-half-open trial.
+The closed-state hot path takes no lock and allocates nothing: with no slow-call tracking, no
+result predicate and no shared store, a successful call costs one attribute read to admit it and
+one integer increment to count it (a :class:`CountWindow` once it holds ``minimum_calls``; a
+:class:`TimeWindow` adds one clock read). ``@breaker`` compiles a wrapper with the function's own
+parameters (no argument repacking), and ``async with`` returns completed futures from plain
+methods and takes no per-task ticket unless a straggler or a ticketed entry of the breaker is in
+flight. Outcomes of calls admitted before a transition are discarded (each call is tied to the
+window, or generation, it was admitted under), so a slow straggler from the closed state never
+decides a half-open trial.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import contextlib
 import contextvars
 import enum
 import functools
+import keyword
 import time
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -197,9 +203,177 @@ def _ensure_instruments() -> Any:
 
 # -- async with: the per-task admission ticket ---------------------------------------------------
 
-_TICKETS: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(
+
+# A ticket is a list, [breaker, window, generation, kind, start, previous ticket]: building a
+# list literal costs a third of calling a class. Only entries that need one take a ticket (see
+# __aenter__), setting the context variable once; the exit marks the ticket closed (breaker slot
+# set to None) instead of popping it, and later entries in the task skip closed tickets.
+_TICKETS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "scalekit_breaker_tickets", default=None
 )
+_get_ticket = _TICKETS.get
+_set_ticket = _TICKETS.set
+
+
+# -- @breaker: a wrapper with the decorated function's own parameters ---------------------------
+
+# Forwarding `*args, **kwargs` costs a tuple, two dicts and a generic call on every call (about
+# a third of the wrapper's cost over a bare await); a wrapper compiled with the function's own
+# parameter list passes them straight through. Defaults are the function's own objects.
+_GUARD_SOURCE = """
+def _sk_make(_sk_fn, _sk_breaker, _sk_OPEN, _sk_KIND_CLOSED{defaults}):
+    async def {name}({params}):
+        _sk_rec = _sk_breaker._fast_rec
+        if _sk_rec is not None:
+            try:
+                _sk_result = await {call}
+            except BaseException as _sk_exc:
+                _sk_breaker._on_exception(
+                    _sk_exc, _sk_breaker._gen if _sk_rec is _sk_breaker._fast_rec else -1, 0, 0.0
+                )
+                raise
+            _sk_rec.seq += 1
+            return _sk_result
+        _sk_rec = _sk_breaker._fast_time
+        if _sk_rec is not None:
+            try:
+                _sk_result = await {call}
+            except BaseException as _sk_exc:
+                _sk_breaker._on_exception(
+                    _sk_exc, _sk_breaker._gen if _sk_rec is _sk_breaker._fast_time else -1, 0, 0.0
+                )
+                raise
+            _sk_now = _sk_breaker._now()
+            if _sk_now < _sk_rec.end:
+                _sk_rec.fresh_successes += 1
+                if _sk_rec.failures and _sk_rec is _sk_breaker._fast_time:
+                    _sk_breaker._evaluate_closed(_sk_now)
+            elif _sk_rec is _sk_breaker._fast_time:
+                _sk_breaker._record_outcome(0, _sk_breaker._gen, _sk_KIND_CLOSED)
+            return _sk_result
+        if _sk_breaker._state is _sk_OPEN and _sk_breaker.store is None:
+            _sk_now = _sk_breaker._now()
+            if _sk_now < _sk_breaker._open_until:
+                raise _sk_breaker._reject(_sk_breaker._open_until - _sk_now)
+        return await _sk_breaker._call_slow(_sk_fn, {args}, {kwargs})
+    return {name}
+"""
+
+_CO_VARARGS = 0x04
+_CO_VARKEYWORDS = 0x08
+_TEMPLATE_NAMES = frozenset({"BaseException"})  # builtins the template uses: never shadowed
+
+
+@functools.lru_cache(maxsize=512)
+def _guard_factory(source: str) -> Callable[..., Any]:
+    """Compile a wrapper source once per parameter shape (decorating costs microseconds)."""
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<scalekit circuit breaker wrapper>", "exec"), namespace)
+    factory: Callable[..., Any] = namespace["_sk_make"]
+    return factory
+
+
+def _parameters(fn: Any) -> tuple[str, str, str, str, list[Any]] | None:
+    """``(params, call, args, kwargs, defaults)`` source for ``fn``'s own parameter list.
+
+    Read from the code object (what the interpreter binds), not ``inspect.signature`` (which
+    believes ``__signature__`` and ``__wrapped__``); ``None`` for anything but a plain function.
+    """
+    if type(fn) is not types.FunctionType:
+        return None
+    code = fn.__code__
+    names = code.co_varnames
+    n_pos, n_posonly, n_kwonly = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
+    positional = list(names[:n_pos])
+    kwonly = list(names[n_pos : n_pos + n_kwonly])
+    i = n_pos + n_kwonly
+    varargs = names[i] if code.co_flags & _CO_VARARGS else None
+    i += varargs is not None
+    varkw = names[i] if code.co_flags & _CO_VARKEYWORDS else None
+    every = [*positional, *kwonly, varargs or "", varkw or ""]
+    if any(
+        name.startswith("_sk_")
+        or name in _TEMPLATE_NAMES
+        or not name.isidentifier()
+        or keyword.iskeyword(name)
+        for name in every
+        if name
+    ):
+        return None
+    pos_defaults = fn.__defaults__ or ()
+    kw_defaults = fn.__kwdefaults__ or {}
+    defaults: list[Any] = []
+
+    def default(name: str, value: Any) -> str:
+        defaults.append(value)
+        return f"{name}=_sk_d{len(defaults) - 1}"
+
+    params: list[str] = []
+    first_default = n_pos - len(pos_defaults)
+    for index, name in enumerate(positional):
+        has = index >= first_default
+        params.append(default(name, pos_defaults[index - first_default]) if has else name)
+        if index == n_posonly - 1:
+            params.append("/")
+    if varargs is not None:
+        params.append(f"*{varargs}")
+    elif kwonly:
+        params.append("*")
+    params += [default(name, kw_defaults[name]) if name in kw_defaults else name for name in kwonly]
+    if varkw is not None:
+        params.append(f"**{varkw}")
+    pos_args = positional + ([f"*{varargs}"] if varargs is not None else [])
+    kw_args = [f"{name}={name}" for name in kwonly] + ([f"**{varkw}"] if varkw else [])
+    call = f"_sk_fn({', '.join(pos_args + kw_args)})"
+    args = f"({', '.join(pos_args)},)" if pos_args else "()"
+    kwargs_items = [f"{name!r}: {name}" for name in kwonly] + ([f"**{varkw}"] if varkw else [])
+    return ", ".join(params), call, args, "{" + ", ".join(kwargs_items) + "}", defaults
+
+
+def _guard(breaker: CircuitBreaker, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """The ``@breaker`` wrapper of ``fn``: the fast paths of :meth:`CircuitBreaker.call`,
+    inlined (one coroutine frame per call, not two) and without argument repacking."""
+    shape = _parameters(fn)
+    if shape is None:  # a callable object, a partial...: forward *args, **kwargs
+        shape = (
+            "*_sk_args, **_sk_kwargs",
+            "(_sk_fn(*_sk_args, **_sk_kwargs) if _sk_kwargs else _sk_fn(*_sk_args))",
+            "_sk_args",
+            "_sk_kwargs",
+            [],
+        )
+    params, call, args, kwargs, defaults = shape
+    source = _GUARD_SOURCE.format(
+        name="guarded",
+        params=params,
+        call=call,
+        args=args,
+        kwargs=kwargs,
+        defaults="".join(f", _sk_d{i}" for i in range(len(defaults))),
+    )
+    guarded = _guard_factory(source)(fn, breaker, BreakerState.OPEN, _KIND_CLOSED, *defaults)
+    code = guarded.__code__
+    name = getattr(fn, "__name__", code.co_name)
+    qualname = getattr(fn, "__qualname__", name)
+    if isinstance(name, str) and isinstance(qualname, str):
+        guarded.__code__ = code.replace(co_name=name, co_qualname=qualname)
+    return functools.wraps(fn)(guarded)
+
+
+class _NoLoop:
+    """Stands in for an event loop for futures completed at creation (they never use it)."""
+
+    def get_debug(self) -> bool:
+        return False
+
+
+def _done(value: Any) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.Future(loop=_NoLoop())  # type: ignore[arg-type]
+    future.set_result(value)
+    return future
+
+
+_DONE: asyncio.Future[None] = _done(None)
 
 _KIND_CLOSED = 0
 _KIND_TRIAL = 1
@@ -254,7 +428,9 @@ class CircuitBreaker:
     __slots__ = (
         "__weakref__",
         "_consecutive_opens",
+        "_entered",
         "_fast_rec",
+        "_fast_time",
         "_gen",
         "_half_open_since",
         "_ignore",
@@ -275,13 +451,16 @@ class CircuitBreaker:
         "_record_result",
         "_retry_after_hint",
         "_shared_gen",
+        "_stale_with",
         "_state",
         "_store_healthy",
         "_tasks",
+        "_ticketed_open",
         "_trial_calls",
         "_trial_failures",
         "_trial_permits",
         "_trial_slow",
+        "_with_inflight",
         "clock",
         "failure_rate_threshold",
         "half_open_max_calls",
@@ -398,6 +577,11 @@ class CircuitBreaker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_shared: list[int] = []
         self._fast_rec: Any = None
+        self._fast_time: Any = None
+        self._with_inflight = 0  # ticketless `async with` entries of the current window
+        self._stale_with = 0  # ticketless entries admitted before the last transition
+        self._ticketed_open = 0  # open `async with` tickets of this breaker, in every task
+        self._entered = _done(self)
         self._update_fast()
         _BREAKERS.add(self)
         self._instruments = _ensure_instruments()
@@ -486,18 +670,32 @@ class CircuitBreaker:
             CircuitOpenError: the breaker is open, or its half-open trials are all taken; the
                 call was not made.
         """
+        # the closed-state fast paths: one attribute read admits the call; a call admitted
+        # before a transition updates a window object that is no longer current (no effect)
         rec = self._fast_rec
         if rec is not None:
             try:
-                result = await fn(*args, **kwargs)
+                result = await (fn(*args, **kwargs) if kwargs else fn(*args))  # type: ignore[call-arg]
             except BaseException as exc:
                 self._on_exception(exc, self._gen if rec is self._fast_rec else -1, 0, 0.0)
                 raise
-            # a call admitted before a transition updates a discarded window: no effect
-            seq = rec.seq + 1
-            rec.seq = seq
-            if seq == rec.check_at and rec is self._fast_rec:
-                self._evaluate_closed(0.0)
+            rec.seq += 1  # past minimum_calls: a success cannot open the breaker
+            return result
+        rec = self._fast_time
+        if rec is not None:
+            try:
+                result = await (fn(*args, **kwargs) if kwargs else fn(*args))  # type: ignore[call-arg]
+            except BaseException as exc:
+                self._on_exception(exc, self._gen if rec is self._fast_time else -1, 0, 0.0)
+                raise
+            now = self._now()
+            if now < rec.end:  # same time slice: nothing to evict, count and done
+                rec.fresh_successes += 1
+                # with failures in the window, a success can still bring it to minimum_calls
+                if rec.failures and rec is self._fast_time:
+                    self._evaluate_closed(now)
+            elif rec is self._fast_time:
+                self._record_outcome(0, self._gen, _KIND_CLOSED)
             return result
         if self._state is BreakerState.OPEN and self.store is None:
             # reject here, not two coroutine frames down: a shorter traceback per rejection
@@ -512,64 +710,127 @@ class CircuitBreaker:
             raise ConfigurationError(
                 f"@{type(self).__name__} decorates async functions; {fn!r} is not one"
             )
-        breaker = self
-        call_slow = self._call_slow
-        on_exception = self._on_exception
-        evaluate = self._evaluate_closed
+        return _guard(self, fn)
 
-        @functools.wraps(fn)
-        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            # the fast path of call(), inlined to save a coroutine frame per call
-            rec = breaker._fast_rec
-            if rec is not None:
-                try:
-                    result = await fn(*args, **kwargs)
-                except BaseException as exc:
-                    on_exception(exc, breaker._gen if rec is breaker._fast_rec else -1, 0, 0.0)
-                    raise
-                seq = rec.seq + 1
-                rec.seq = seq
-                if seq == rec.check_at and rec is breaker._fast_rec:
-                    evaluate(0.0)
-                return result
-            if breaker._state is BreakerState.OPEN and breaker.store is None:
-                now = breaker._now()
-                if now < breaker._open_until:
-                    raise breaker._reject(breaker._open_until - now)
-            return await call_slow(fn, args, kwargs)
-
-        return guarded
-
-    async def __aenter__(self) -> CircuitBreaker:
-        if self._fast_rec is not None:  # closed, local: no admission work to await
-            gen, kind = self._gen, _KIND_CLOSED
+    def _enter(self) -> Awaitable[CircuitBreaker]:
+        # __aenter__ (see below): a plain method returning an awaitable; on the closed fast
+        # path no coroutine is made, the awaitable is an already-completed future (C code, no
+        # event loop involved)
+        rec = self._fast_rec
+        if rec is None:
+            rec = self._fast_time
+            if rec is None:
+                return self._aenter_slow()
+        if not (self._stale_with or self._ticketed_open):
+            # no ticket, no context variable: while no straggler is in flight, every ticketless
+            # entry belongs to the current window (_transition counts them out)
+            self._with_inflight += 1
+            return self._entered
+        ticket = _get_ticket()
+        while ticket is not None and ticket[0] is None:  # skip closed tickets
+            ticket = ticket[5]
+        if self._stale_with or (ticket is not None and ticket[0] is self):
+            # stragglers in flight, or inside a ticketed entry of this breaker in this task:
+            # a ticket says which admission this is
+            self._ticketed_open += 1
+            _set_ticket([self, rec, self._gen, _KIND_CLOSED, 0.0, ticket])
         else:
-            gen, kind = await self._admit()
+            self._with_inflight += 1
+        return self._entered
+
+    async def _aenter_slow(self) -> CircuitBreaker:
+        gen, kind = await self._admit()
         start = self._now() if self.slow_call_duration is not None else 0.0
-        _TICKETS.set((self, gen, kind, start, _TICKETS.get()))
+        ticket = _get_ticket()
+        while ticket is not None and ticket[0] is None:
+            ticket = ticket[5]
+        self._ticketed_open += 1
+        _set_ticket([self, None, gen, kind, start, ticket])
         return self
 
-    async def __aexit__(
+    def _exit(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        entry = _TICKETS.get()
-        # find this breaker's ticket (nested `async with` of different breakers is fine)
-        if entry is None or entry[0] is not self:
+    ) -> Awaitable[None]:
+        # __aexit__ (see below)
+        if self._ticketed_open:
+            ticket: list[Any] | None = _get_ticket()
+            while ticket is not None and ticket[0] is None:
+                ticket = ticket[5]
+            if ticket is not None and ticket[0] is self:  # the entry took a ticket
+                done: Awaitable[None] = self._exit_ticket(ticket, exc)
+                return done
+        # the matching entry took no ticket (this task's innermost open ticket is not this
+        # breaker's): it was admitted on the fast path
+        if self._stale_with:  # then every ticketless entry in flight is a straggler
+            self._stale_with -= 1
+            if exc is not None:
+                self._on_exception(exc, -1, _KIND_CLOSED, 0.0)
+            return _DONE
+        if not self._with_inflight:
             raise RuntimeError(
                 f"circuit breaker {self.name!r}: __aexit__ without a matching __aenter__ "
                 "in this task"
             )
-        _, gen, kind, start, previous = entry
-        _TICKETS.set(previous)
+        self._with_inflight -= 1
+        if exc is None:
+            rec = self._fast_rec
+            if rec is not None:
+                rec.seq += 1
+                return _DONE
+            rec = self._fast_time
+            now = self._now()
+            if rec is not None and now < rec.end:
+                rec.fresh_successes += 1
+                if rec.failures:
+                    self._evaluate_closed(now)
+                return _DONE
+            self._record_outcome(0, self._gen, _KIND_CLOSED)
+        else:
+            self._on_exception(exc, self._gen, _KIND_CLOSED, 0.0)
+        return _DONE
+
+    if TYPE_CHECKING:
+        # what type checkers see (and AbstractAsyncContextManager expects): coroutines
+
+        async def __aenter__(self) -> CircuitBreaker:
+            return self
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None:
+            return None
+
+    else:
+        __aenter__ = _enter
+        __aexit__ = _exit
+
+    def _exit_ticket(self, ticket: list[Any], exc: BaseException | None) -> Awaitable[None]:
+        ticket[0] = None  # closed, not popped: no second context-variable write
+        self._ticketed_open -= 1
+        rec = ticket[1]
+        if rec is not None:
+            if exc is not None:
+                self._on_exception(exc, ticket[2], _KIND_CLOSED, 0.0)
+            elif rec is self._fast_rec:
+                rec.seq += 1
+            elif rec is self._fast_time:
+                self._record_outcome(0, ticket[2], _KIND_CLOSED)
+            return _DONE
+        slow: Awaitable[None] = self._aexit_slow(ticket, exc)
+        return slow
+
+    async def _aexit_slow(self, ticket: list[Any], exc: BaseException | None) -> None:
+        _, _, gen, kind, start, _ = ticket
         if exc is not None:
             self._on_exception(exc, gen, kind, start)
             if kind == _KIND_SHARED_TRIAL:
                 await self._flush_shared()
-        elif kind == _KIND_CLOSED and self._fast_rec is not None and gen == self._gen:
-            self._record_outcome(0, gen, kind)
         else:
             await self._on_success(None, gen, kind, start)
 
@@ -608,12 +869,11 @@ class CircuitBreaker:
                 rec.seq = seq
                 if seq == rec.check_at:
                     self._evaluate_closed(0.0)
+                    self._update_fast()
                 return result
             now = now_fn()
-            if int(now * rec.scale) == rec.current:  # same time slice: count and done
-                rec.seq += 1
-                rec.calls += 1
-                rec.ring_calls[rec.current % rec.n] += 1
+            if now < rec.end:  # same time slice: count and done
+                rec.fresh_successes += 1
                 if rec.failures or rec.slow:
                     self._evaluate_closed(now)
                 return result
@@ -748,7 +1008,10 @@ class CircuitBreaker:
                 return
             now = self._now() if not isinstance(self._rec, _CountRecorder) else 0.0
             self._rec.record(outcome, now)
-            if outcome or self._rec.should_check():
+            if self._rec.should_check():
+                self._evaluate_closed(now)
+                self._update_fast()  # a count window at minimum_calls: the fast path opens
+            elif outcome:
                 self._evaluate_closed(now)
             return
         # trial
@@ -824,21 +1087,30 @@ class CircuitBreaker:
         self._transition(BreakerState.HALF_OPEN, "open duration elapsed")
 
     def _update_fast(self) -> None:
-        # the fast path runs only when closed with a count window and nothing to time or check;
-        # _fast_rec is the window then, None otherwise (one attribute read decides); every
-        # entry into CLOSED makes a new window object, so stragglers update a dead one
+        # the fast paths run only when closed with nothing to time, check or share:
+        # _fast_rec is the count window then, _fast_time the time window, None otherwise
+        # (one attribute read decides); every entry into CLOSED makes a new window object,
+        # so stragglers update a dead one. A count window takes the fast path only once it
+        # holds minimum_calls: before, the success that reaches it may open the breaker and
+        # must be checked; after, a success never can, so the fast path only counts it
+        rec = self._rec
         fast = (
             self._state is BreakerState.CLOSED
-            and isinstance(self._rec, _CountRecorder)
             and self.slow_call_duration is None
             and self._record_result is None
             and self.store is None
         )
-        self._fast_rec = self._rec if fast else None
+        counted = isinstance(rec, _CountRecorder)
+        self._fast_rec = rec if fast and counted and rec.seq >= rec.check_at else None
+        self._fast_time = rec if fast and not counted else None
 
     def _transition(self, new: BreakerState, reason: str) -> None:
         previous = self._state
         self._gen += 1
+        # ticketless `async with` entries still in flight were admitted before this change:
+        # their outcomes are discarded, and until they are all out new entries take tickets
+        self._stale_with += self._with_inflight
+        self._with_inflight = 0
         self._state = new
         if new is BreakerState.CLOSED:
             self._rec = self._rec.fresh()
