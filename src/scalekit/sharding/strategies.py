@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from abc import ABC, abstractmethod
+from array import array
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from hashlib import blake2b, md5
@@ -110,6 +111,58 @@ class Strategy(ABC):
         return locate
 
 
+#: Bits of a jump step's 64-bit state that index a row of _JumpRows (512 cells per row).
+_ROW_BITS = 9
+#: Rows exist for the first buckets only (a chain visits bucket b with probability
+#: about 1/(b + 1)); steps from later buckets compute exactly.
+_MAX_ROWS = 256
+
+
+class _JumpRows:
+    """Lookup rows for the steps of ``jump_hash`` at a fixed bucket count ``n``.
+
+    A jump step from bucket ``b`` draws the next state ``h`` and jumps to
+    ``j = int((b + 1) * (2**31 / ((h >> 33) + 1)))`` (IEEE doubles), stopping at ``b`` when
+    ``j >= n``. For a fixed ``b``, ``j`` only decreases as ``h`` grows (each operation is
+    correctly rounded, hence monotonic), so over one of the 512 equal slices of the ``h``
+    range (its top 9 bits) ``j`` is either constant or straddles a few values. Row ``b``
+    stores, per slice: ``j`` when constant and below ``n``, ``n`` (stop) when ``j >= n``
+    everywhere in the slice, and ``n + 1`` (compute exactly) when it straddles. The result
+    is bit for bit the reference algorithm's; about 1 step in 100 straddles.
+
+    Rows are built on first use (about 0.1 ms each); until then a row is all ``n + 1``, so
+    the exact computation runs and builds it. At most ``_MAX_ROWS`` rows are built
+    (at most 512 KiB even for millions of buckets).
+    """
+
+    __slots__ = ("_code", "_hi", "_lo", "n", "table", "unbuilt")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._code = "B" if n + 1 < 1 << 8 else "H" if n + 1 < 1 << 16 else "L"
+        cells = 1 << _ROW_BITS
+        width = 1 << (31 - _ROW_BITS)  # values of (h >> 33) per slice
+        # 2**31 / (x + 1) at the top (smallest quotient) and bottom of each slice.
+        self._lo = [2147483648.0 / ((i + 1) * width) for i in range(cells)]
+        self._hi = [2147483648.0 / (i * width + 1) for i in range(cells)]
+        #: The row every bucket starts with (all "compute exactly"); shared, never written.
+        self.unbuilt = array(self._code, [n + 1]) * cells
+        self.table: list[Sequence[int]] = [self.unbuilt] * n
+
+    def build(self, b: int) -> None:
+        """Build row ``b`` (idempotent: two threads may both build it, to the same value)."""
+        n, b1, to_int = self.n, float(b + 1), int
+        row = array(self._code)
+        for low, high in zip(map(to_int, map(b1.__mul__, self._lo)), self._hi, strict=True):
+            if low >= n:
+                row.append(n)
+            elif low == to_int(b1 * high):
+                row.append(low)
+            else:
+                row.append(n + 1)
+        self.table[b] = row
+
+
 class JumpHash(Strategy):
     """Jump consistent hash over the shards in order (the default strategy).
 
@@ -140,21 +193,24 @@ class JumpHash(Strategy):
 
         The function computes exactly ``names[jump_hash(key_hash(key), len(names))]``; it
         only avoids Python overhead: one ``type()`` test per key kind, the digest or the
-        splitmix64 finalizer written out, and the jump loop run in floats (the reference
-        algorithm's arithmetic is IEEE double anyway, and every value involved is an integer
-        below 2**53, so the float loop returns the same bucket bit for bit).
+        splitmix64 finalizer written out, and jump steps read from per-bucket tables instead
+        of two float operations, a division and an ``int()`` each (see ``_JumpRows``).
         """
-        names = _check_names(shards)
-        # Bucket b is reached as the float b (``j // 1.0``): a dict keyed by floats saves the
-        # int() conversion per lookup (1.0 and 1 hash alike, so int keys would work too).
-        by_bucket = {float(i): name for i, name in enumerate(names)}
-        n = float(len(names))
+        names = tuple(_check_names(shards))
+        n = len(names)
+        rows = _JumpRows(n)
+        table = rows.table
+        build = rows.build
+        unbuilt = rows.unbuilt
+        shift = 64 - _ROW_BITS
+        term = n
         fb = int.from_bytes
         b2 = blake2b
         uuid_type = UUID
         slow = key_hash
         str_tag = hash_tag
         bytes_tag = _bytes_tag
+        to_int = int
 
         def jump_placement(key: Any) -> str:
             kind = type(key)
@@ -177,15 +233,23 @@ class JumpHash(Strategy):
                 h = fb(b2(key.int.to_bytes(16, "big"), digest_size=8).digest(), "little")
             else:
                 h = slow(key)
-            # jump_hash(h, n), first step (b = 0) unrolled, b and j kept as floats.
-            h = (h * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
-            j = 2147483648.0 / ((h >> 33) + 1)
-            b = 0.0
-            while j < n:
-                b = j // 1.0
+            # jump_hash(h, n): each step reads the next bucket from the current bucket's
+            # row (see _JumpRows); only a row's rare straddling cells compute it exactly.
+            b = 0
+            while True:
                 h = (h * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
-                j = (b + 1.0) * (2147483648.0 / ((h >> 33) + 1))
-            return by_bucket[b]
+                c = table[b][h >> shift]
+                if c < term:
+                    b = c
+                    continue
+                if c == term:
+                    return names[b]
+                if b < _MAX_ROWS and table[b] is unbuilt:
+                    build(b)
+                j = to_int((b + 1) * (2147483648.0 / ((h >> 33) + 1)))
+                if j >= n:
+                    return names[b]
+                b = j
 
         limit = self.cache_size
         if not limit:
