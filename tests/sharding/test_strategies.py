@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import uuid
 from collections import Counter
 
 import pytest
@@ -21,6 +22,7 @@ from scalekit.sharding import (
     jump_hash,
     key_hash,
 )
+from scalekit.sharding.keys import MAX_KEY_BYTES
 
 NAMES = [f"s{i}" for i in range(10)]
 KEYS_100K = [f"user:{i}" for i in range(50_000)] + list(range(50_000))
@@ -54,6 +56,76 @@ def test_jump_hash_matches_the_reference_implementation() -> None:
 def test_jump_placement_equals_jump_of_key_hash(key: object, n: int) -> None:
     names = [f"s{i}" for i in range(n)]
     assert JumpHash().bind(names)(key) == names[jump_hash(key_hash(key), n)]
+
+
+def _edge_keys() -> list[object]:
+    """Keys for every branch of the inlined jump placement, and the edges between them."""
+    max_fast = MAX_KEY_BYTES // 4  # the inlined str branch takes up to this many characters
+    return [
+        0,
+        1,
+        2**64 - 1,
+        2**64,
+        -1,
+        -(2**70),
+        2**200,
+        "",
+        "user:1",
+        "{acme}:order:17",
+        "{}:x",
+        "a{b",
+        "ünïcode €",
+        "x" * max_fast,
+        "é" * max_fast,  # 2 UTF-8 bytes per character
+        "€" * (max_fast + 1),  # slow path, still under MAX_KEY_BYTES
+        "{t}" + "x" * (MAX_KEY_BYTES + 10),  # over the limit, but its tag is short
+        b"",
+        b"\x00\xff",
+        b"{acme}:order:17",
+        b"x" * MAX_KEY_BYTES,
+        b"{t}" + b"x" * MAX_KEY_BYTES,
+        bytearray(b"{acme}:1"),
+        memoryview(b"user:1"),
+        uuid.UUID(int=0),
+        uuid.UUID(int=7),
+        uuid.UUID("7b7b7b7d-0000-0000-0000-00000000007d"),  # its bytes contain "{" and "}"
+        uuid.uuid5(uuid.NAMESPACE_DNS, "example.org"),
+        _UUIDSubclass(int=42),
+        ("acme", 17),
+        (1, (b"x", uuid.UUID(int=3))),
+    ]
+
+
+class _UUIDSubclass(uuid.UUID):
+    pass
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 100, 1000, 4099])
+def test_inlined_jump_placement_equals_the_reference_on_every_key_kind(n: int) -> None:
+    names = [f"s{i}" for i in range(n)]
+    for cache_size in (0, 4):
+        place = JumpHash(cache_size=cache_size).bind(names)
+        for key in _edge_keys():
+            assert place(key) == names[jump_hash(key_hash(key), n)], key
+
+
+@pytest.mark.parametrize("n", [1, 7, 10, 100, 1000, 65_537])
+def test_float_jump_loop_is_bit_exact_on_many_hashes(n: int) -> None:
+    # The inlined loop runs in floats; the reference in ints. Same bucket for every hash.
+    names = [f"s{i}" for i in range(n)]
+    place = JumpHash(cache_size=0).bind(names)
+    for i in range(3000):
+        key = i * 0x9E3779B97F4A7C15 % 2**64  # ints are mixed with splitmix64 first
+        assert place(key) == names[jump_hash(key_hash(key), n)]
+
+
+@pytest.mark.parametrize(
+    "key", [1.0, True, None, object(), [1], {"a": 1}, frozenset(), (1, 2.0), "x" * 70_000]
+)
+def test_inlined_jump_placement_refuses_bad_keys(key: object) -> None:
+    for cache_size in (0, 4):
+        with pytest.raises(InvalidShardKeyError):
+            JumpHash(cache_size=cache_size).bind(NAMES)(key)
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,9 @@ MAX_KEY_BYTES = 65536
 
 _MASK = 0xFFFFFFFFFFFFFFFF
 _FB = int.from_bytes
+# blake2b(data, digest_size=8) is a copy of this empty state fed with data: copying a state
+# costs a third less than creating one (parameter block, argument parsing). Never updated.
+_fresh_digest = blake2b(digest_size=8).copy
 
 
 def mix64(value: int) -> int:
@@ -74,6 +77,8 @@ def hash_tag(data: str) -> str:
 
 
 def _bytes_tag(data: bytes) -> bytes:
+    if 123 not in data:  # b"{"; testing an int is much cheaper than testing b"{"
+        return data
     start = data.find(b"{")
     if start >= 0:
         end = data.find(b"}", start + 1)
@@ -176,10 +181,14 @@ def key_hash(key: object) -> int:
             key = hash_tag(key)  # type: ignore[arg-type]
         data = key.encode()  # type: ignore[attr-defined]
         if len(data) <= MAX_KEY_BYTES:
-            return _FB(blake2b(data, digest_size=8).digest(), "little")
+            digest = _fresh_digest()
+            digest.update(data)
+            return _FB(digest.digest(), "little")
     elif kind is int and 0 <= key <= _MASK:  # type: ignore[operator]
         return mix64(key)  # type: ignore[arg-type]
-    return _FB(blake2b(key_bytes(key), digest_size=8).digest(), "little")
+    digest = _fresh_digest()
+    digest.update(key_bytes(key))
+    return _FB(digest.digest(), "little")
 
 
 def directory_key(key: object) -> str:

@@ -19,13 +19,22 @@ from __future__ import annotations
 import itertools
 import math
 from abc import ABC, abstractmethod
+from array import array
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from hashlib import blake2b, md5
 from typing import Any
+from uuid import UUID
 
 from scalekit.errors import ConfigurationError, InvalidShardKeyError, UnknownShardError
-from scalekit.sharding.keys import _bytes_tag, directory_key, hash_tag, key_hash, mix64
+from scalekit.sharding.keys import (
+    MAX_KEY_BYTES,
+    _bytes_tag,
+    directory_key,
+    hash_tag,
+    key_hash,
+    mix64,
+)
 
 __all__ = [
     "HashRing",
@@ -40,6 +49,8 @@ __all__ = [
 
 _MASK = 0xFFFFFFFFFFFFFFFF
 _TWO_64 = float(1 << 64)
+#: A str of at most this many characters encodes to at most MAX_KEY_BYTES UTF-8 bytes.
+_MAX_FAST_STR = MAX_KEY_BYTES // 4
 
 #: A bound strategy: key -> shard name.
 Placement = Callable[[Any], str]
@@ -100,6 +111,61 @@ class Strategy(ABC):
         return locate
 
 
+#: Bits of a jump step's 64-bit state that index a row of _JumpRows (1024 cells per row).
+_ROW_BITS = 10
+#: Rows exist for the first buckets only (a chain visits bucket b with probability
+#: about 1/(b + 1)); steps from later buckets compute exactly.
+_MAX_ROWS = 256
+_CODE_32 = "I" if array("I").itemsize >= 4 else "L"
+
+
+class _JumpRows:
+    """Lookup rows for the steps of ``jump_hash`` at a fixed bucket count ``n``.
+
+    A jump step from bucket ``b`` draws the next state ``h`` and jumps to
+    ``j = int((b + 1) * (2**31 / ((h >> 33) + 1)))`` (IEEE doubles), stopping at ``b`` when
+    ``j >= n``. For a fixed ``b``, ``j`` only decreases as ``h`` grows (each operation is
+    correctly rounded, hence monotonic), so over one of the 1024 equal slices of the ``h``
+    range (its top 10 bits) ``j`` is either constant or straddles a few values. Row ``b``
+    stores, per slice: ``j`` when constant and below ``n``, ``n`` (stop) when ``j >= n``
+    everywhere in the slice, and ``n + 1`` (compute exactly) when it straddles. The result
+    is bit for bit the reference algorithm's. Straddling cells are where the jumps' thresholds
+    crowd (small ``h``): 0.5 % of the steps at ``n = 10``, 6 % at ``n = 100``.
+
+    Rows are built on first use (about 0.3 ms each); until then a row is all ``n + 1``, so
+    the exact computation runs and builds it. At most ``_MAX_ROWS`` rows are built: at most
+    1 MiB of rows, however many buckets.
+    """
+
+    __slots__ = ("_code", "_hi", "_lo", "n", "table", "unbuilt")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        # The smallest cell that holds n + 1 ("I" is 4 bytes wherever CPython runs).
+        self._code = "B" if n + 1 < 1 << 8 else "H" if n + 1 < 1 << 16 else _CODE_32
+        cells = 1 << _ROW_BITS
+        width = 1 << (31 - _ROW_BITS)  # values of (h >> 33) per slice
+        # 2**31 / (x + 1) at the top (smallest quotient) and bottom of each slice.
+        self._lo = [2147483648.0 / ((i + 1) * width) for i in range(cells)]
+        self._hi = [2147483648.0 / (i * width + 1) for i in range(cells)]
+        #: The row every bucket starts with (all "compute exactly"); shared, never written.
+        self.unbuilt = array(self._code, [n + 1]) * cells
+        self.table: list[Sequence[int]] = [self.unbuilt] * n
+
+    def build(self, b: int) -> None:
+        """Build row ``b`` (idempotent: two threads may both build it, to the same value)."""
+        n, b1, to_int = self.n, float(b + 1), int
+        row = array(self._code)
+        for low, high in zip(map(to_int, map(b1.__mul__, self._lo)), self._hi, strict=True):
+            if low >= n:
+                row.append(n)
+            elif low == to_int(b1 * high):
+                row.append(low)
+            else:
+                row.append(n + 1)
+        self.table[b] = row
+
+
 class JumpHash(Strategy):
     """Jump consistent hash over the shards in order (the default strategy).
 
@@ -126,34 +192,74 @@ class JumpHash(Strategy):
         self.cache_size = cache_size
 
     def bind(self, shards: Sequence[str]) -> Placement:
-        """Return ``key -> shard name`` with hashing and the jump loop inlined (hot path)."""
+        """Return ``key -> shard name`` with hashing and the jump loop inlined (hot path).
+
+        The function computes exactly ``names[jump_hash(key_hash(key), len(names))]``; it
+        only avoids Python overhead: one ``type()`` test per key kind, the digest or the
+        splitmix64 finalizer written out, and jump steps read from per-bucket tables instead
+        of two float operations, a division and an ``int()`` each (see ``_JumpRows``).
+        """
         names = tuple(_check_names(shards))
         n = len(names)
+        rows = _JumpRows(n)
+        table = rows.table
+        build = rows.build
+        unbuilt = rows.unbuilt
+        shift = 64 - _ROW_BITS
+        term = n
         fb = int.from_bytes
-        b2 = blake2b
-        mask = _MASK
+        # Copying an empty blake2b-64 state costs a third less than creating one.
+        fresh_digest = blake2b(digest_size=8).copy
+        uuid_type = UUID
         slow = key_hash
+        str_tag = hash_tag
+        bytes_tag = _bytes_tag
         to_int = int
 
         def jump_placement(key: Any) -> str:
-            if type(key) is str and "{" not in key:
-                h = fb(b2(key.encode(), digest_size=8).digest(), "little")
-            elif type(key) is int and 0 <= key <= mask:
-                h = (key + 0x9E3779B97F4A7C15) & mask
-                h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
-                h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+            kind = type(key)
+            # Each branch computes key_hash(key); anything unusual takes the slow path,
+            # which also raises InvalidShardKeyError for keys without a stable hash.
+            if kind is str and len(key) <= _MAX_FAST_STR:
+                if "{" in key:
+                    key = str_tag(key)
+                digest = fresh_digest()
+                digest.update(key.encode())
+                h = fb(digest.digest(), "little")
+            elif kind is int and 0 <= key <= 0xFFFFFFFFFFFFFFFF:
+                h = (key + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+                h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+                h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
                 h ^= h >> 31
+            elif kind is bytes and len(key) <= MAX_KEY_BYTES:
+                if 123 in key:  # b"{" (an int test: 9x cheaper than a bytes one)
+                    key = bytes_tag(key)
+                digest = fresh_digest()
+                digest.update(key)
+                h = fb(digest.digest(), "little")
+            elif kind is uuid_type:
+                digest = fresh_digest()
+                digest.update(key.int.to_bytes(16, "big"))
+                h = fb(digest.digest(), "little")
             else:
                 h = slow(key)
-            # jump_hash(h, n) with its first step (b = 0) unrolled: ~10 % faster.
-            h = (h * 2862933555777941757 + 1) & mask
-            j = to_int(2147483648.0 / ((h >> 33) + 1))
+            # jump_hash(h, n): each step reads the next bucket from the current bucket's
+            # row (see _JumpRows); only a row's rare straddling cells compute it exactly.
             b = 0
-            while j < n:
-                b = j
-                h = (h * 2862933555777941757 + 1) & mask
+            while True:
+                h = (h * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+                c = table[b][h >> shift]
+                if c < term:
+                    b = c
+                    continue
+                if c == term:
+                    return names[b]
+                if b < _MAX_ROWS and table[b] is unbuilt:
+                    build(b)
                 j = to_int((b + 1) * (2147483648.0 / ((h >> 33) + 1)))
-            return names[b]
+                if j >= n:
+                    return names[b]
+                b = j
 
         limit = self.cache_size
         if not limit:
