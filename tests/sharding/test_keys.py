@@ -13,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalekit.errors import InvalidShardKeyError
-from scalekit.sharding import MAX_KEY_BYTES, directory_key, hash_tag, key_hash
+from scalekit.sharding import (
+    MAX_KEY_BYTES,
+    HashRing,
+    JumpHash,
+    Rendezvous,
+    ShardRouter,
+    directory_key,
+    hash_tag,
+    key_hash,
+)
 from scalekit.sharding.keys import mix64
 
 keys = st.one_of(
@@ -124,3 +133,15 @@ def test_directory_key_is_readable() -> None:
     assert directory_key(b"\x01") == "01"
     assert directory_key(("eu", 7)) == "eu/7"
     assert directory_key(uuid.UUID(int=1)) == "00000000-0000-0000-0000-000000000001"
+
+
+@pytest.mark.parametrize("text", ["\ud800", "user:\udfff", "{\ud800}:x"])
+def test_text_without_a_utf8_form_is_an_invalid_key(text: str) -> None:
+    with pytest.raises(InvalidShardKeyError, match="not valid Unicode"):
+        key_hash(text)
+    with pytest.raises(InvalidShardKeyError, match="not valid Unicode"):
+        key_hash((text, 1))
+    for strategy in (JumpHash(), JumpHash(cache_size=0), HashRing(), Rendezvous()):
+        router = ShardRouter({"a": 1, "b": 2}, strategy)
+        with pytest.raises(InvalidShardKeyError, match="not valid Unicode"):
+            router.shard_for(text)

@@ -8,7 +8,7 @@ data lives. scalekit hashes keys with a fixed, documented function instead, so a
 * ``bytes``/``bytearray``/``memoryview``: ``blake2b(data, digest_size=8)`` read little-endian.
 * ``int`` in ``[0, 2**64)``: the splitmix64 finalizer (no digest: about 3x cheaper). Other ints
   are hashed as ``b"\\x01i" + signed little-endian bytes`` with blake2b.
-* ``uuid.UUID``: its 16 bytes, as bytes.
+* ``uuid.UUID``: ``blake2b`` of its 16 bytes (no hash-tag scan: a UUID has no tag).
 * ``tuple`` (compound key): every element encoded with a type tag and a length, then blake2b.
 * A **hash tag** routes a key by part of it, as Redis Cluster does: when a ``str``/``bytes`` key
   contains ``{...}`` with at least one character between the first ``{`` and the next ``}``,
@@ -92,7 +92,10 @@ def _encode_part(part: object, out: bytearray, depth: int) -> None:
         raise InvalidShardKeyError("compound shard keys nest at most 8 tuples deep")
     kind = type(part)
     if kind is str:
-        data = part.encode()  # type: ignore[attr-defined]
+        try:
+            data = part.encode()  # type: ignore[attr-defined]
+        except UnicodeEncodeError:
+            raise _unencodable(part) from None
         out += b"s"
     elif kind is bytes or kind is bytearray or kind is memoryview:
         data = bytes(part)  # type: ignore[call-overload]
@@ -114,6 +117,14 @@ def _encode_part(part: object, out: bytearray, depth: int) -> None:
         raise _invalid(part)
     out += len(data).to_bytes(4, "little")
     out += data
+
+
+def _unencodable(key: object) -> InvalidShardKeyError:
+    """The error for a ``str`` key with no UTF-8 form (a lone surrogate such as ``"\\ud800"``)."""
+    return InvalidShardKeyError(
+        f"shard key {key!r:.60} is not valid Unicode text (it has no UTF-8 encoding, e.g. a "
+        "lone surrogate); decode it properly or route by its bytes"
+    )
 
 
 def _invalid(key: object) -> InvalidShardKeyError:
@@ -140,7 +151,10 @@ def key_bytes(key: object) -> bytes:
     """
     kind = type(key)
     if kind is str:
-        data = hash_tag(key).encode()  # type: ignore[arg-type]
+        try:
+            data = hash_tag(key).encode()  # type: ignore[arg-type]
+        except UnicodeEncodeError:
+            raise _unencodable(key) from None
     elif kind is bytes or kind is bytearray or kind is memoryview:
         data = _bytes_tag(bytes(key))  # type: ignore[call-overload]
     elif kind is int:
@@ -179,7 +193,10 @@ def key_hash(key: object) -> int:
     if kind is str:
         if "{" in key:  # type: ignore[operator]
             key = hash_tag(key)  # type: ignore[arg-type]
-        data = key.encode()  # type: ignore[attr-defined]
+        try:
+            data = key.encode()  # type: ignore[attr-defined]
+        except UnicodeEncodeError:
+            raise _unencodable(key) from None
         if len(data) <= MAX_KEY_BYTES:
             digest = _fresh_digest()
             digest.update(data)

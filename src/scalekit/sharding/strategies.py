@@ -30,6 +30,7 @@ from scalekit.errors import ConfigurationError, InvalidShardKeyError, UnknownSha
 from scalekit.sharding.keys import (
     MAX_KEY_BYTES,
     _bytes_tag,
+    _unencodable,
     directory_key,
     hash_tag,
     key_hash,
@@ -224,7 +225,10 @@ class JumpHash(Strategy):
                 if "{" in key:
                     key = str_tag(key)
                 digest = fresh_digest()
-                digest.update(key.encode())
+                try:
+                    digest.update(key.encode())
+                except UnicodeEncodeError:
+                    raise _unencodable(key) from None
                 h = fb(digest.digest(), "little")
             elif kind is int and 0 <= key <= 0xFFFFFFFFFFFFFFFF:
                 h = (key + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
@@ -351,7 +355,10 @@ def ketama_bytes(key: Any) -> bytes:
     decimal, UUIDs in canonical text, bytes as they are."""
     kind = type(key)
     if kind is str:
-        return hash_tag(key).encode()
+        try:
+            return hash_tag(key).encode()
+        except UnicodeEncodeError:
+            raise _unencodable(key) from None
     if kind is bytes or kind is bytearray or kind is memoryview:
         return _bytes_tag(bytes(key))
     return directory_key(key).encode()
@@ -429,7 +436,12 @@ class HashRing(Strategy):
             fb = int.from_bytes
 
             def ketama_placement(key: Any) -> str:
-                data = key.encode() if type(key) is str and "{" not in key else ketama_bytes(key)
+                try:
+                    data = (
+                        key.encode() if type(key) is str and "{" not in key else ketama_bytes(key)
+                    )
+                except UnicodeEncodeError:
+                    raise _unencodable(key) from None
                 pos = bisect_right(keys, fb(md5(data).digest()[:4], "little"))
                 return owners[pos if pos < size else 0]
 
