@@ -98,25 +98,19 @@ local function write(key, start, meta)
 end
 """
 
-_LOAD = """
+# Run only when a load (a plain HGETALL) found the session dead or due for a touch: re-checks
+# both atomically, so a session another instance just refreshed is neither reaped nor resurrected.
+# KEYS: session; ARGV: now idle absolute touch. Returns 1 (alive, touched if due) or 0 (dead).
+_TOUCH = """
 local key = KEYS[1]
 local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local all = redis.call('HGETALL', key)
-local c, t
-for i = 1, #all, 2 do
-  local f = all[i]
-  if f == '~c' then c = tonumber(all[i + 1]) elseif f == '~t' then t = tonumber(all[i + 1]) end
-end
-if not c or not t then return false end
-if now - t >= idle or now - c >= absolute then
-  expire(key)
-  return false
-end
-if now - t >= tonumber(ARGV[4]) then
+local c = alive(key, now, idle, absolute)
+if not c then return 0 end
+if now - tonumber(redis.call('HGET', key, '~t')) >= tonumber(ARGV[4]) then
   redis.call('HSET', key, '~t', ARGV[1])
   redis.call('PEXPIRE', key, ttl_ms(c, now, idle, absolute))
 end
-return all
+return 1
 """
 
 # KEYS: session [, index]; ARGV: now idle absolute max_bytes user version changes...
@@ -136,8 +130,57 @@ redis.call('PEXPIRE', key, ttl_ms(now, now, idle, absolute))
 return {1, tonumber(ARGV[6]), size}
 """
 
-# KEYS: session; ARGV: now idle absolute max_bytes changes...
+# KEYS: session; ARGV: now idle absolute max_bytes touch changes...
+# The hot path of every write request, so it is lean: no prelude (each function defined costs a
+# closure per call), one HMGET for the metadata and the old values of the changed fields (their
+# sizes), one HSET (and an HDEL for deleted keys) straight from ARGV: redis.call is the expensive
+# part of a script. The idle deadline moves (~t, PEXPIRE) only when the last touch is older than
+# the touch interval, as for loads, which keeps the key's TTL and ~t in step.
 _MERGE = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local nset = tonumber(ARGV[6])
+local base = 8 + 2 * nset
+local ndel = tonumber(ARGV[base - 1])
+local names = {'~c', '~t', '~n', '~v'}
+for j = 1, nset do names[4 + j] = ARGV[5 + 2 * j] end
+for j = 0, ndel - 1 do names[5 + nset + j] = ARGV[base + j] end
+local m = redis.call('HMGET', key, unpack(names))
+if not m[1] then return {0, 0, 0} end
+local c, t = tonumber(m[1]), tonumber(m[2])
+local idle, absolute = tonumber(ARGV[2]), tonumber(ARGV[3])
+if now - t >= idle or now - c >= absolute then
+  local idx = redis.call('HGET', key, '~i')
+  redis.call('DEL', key)
+  if idx then redis.call('SREM', idx, key) end
+  return {0, 0, 0}
+end
+local size = tonumber(m[3])
+for j = 1, nset + ndel do
+  local old = m[4 + j]
+  if old then size = size - #names[4 + j] - #old end
+end
+for j = 1, nset do size = size + #ARGV[5 + 2 * j] + #ARGV[6 + 2 * j] end
+if size > tonumber(ARGV[4]) then return {2, 0, size} end
+local v = tonumber(m[4]) + 1
+local touch = now - t >= tonumber(ARGV[5])
+if touch then
+  redis.call('HSET', key, '~n', size, '~v', v, '~t', ARGV[1], unpack(ARGV, 7, 6 + 2 * nset))
+else
+  redis.call('HSET', key, '~n', size, '~v', v, unpack(ARGV, 7, 6 + 2 * nset))
+end
+if ndel > 0 then redis.call('HDEL', key, unpack(ARGV, base, base + ndel - 1)) end
+if touch then
+  local r = math.min(idle, c + absolute - now)
+  if r < 0.001 then r = 0.001 end
+  redis.call('PEXPIRE', key, math.ceil(r * 1000))
+end
+return {1, v, size}
+"""
+
+# The same merge for a save that changes thousands of keys at once (more than one unpack()
+# takes): sizes by HSTRLEN, writes in chunks. KEYS and ARGV as for _MERGE.
+_MERGE_MANY = """
 local key = KEYS[1]
 local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local m = redis.call('HMGET', key, '~c', '~t', '~n', '~v')
@@ -147,10 +190,10 @@ if now - tonumber(m[2]) >= idle or now - c >= absolute then
   expire(key)
   return {0, 0, 0}
 end
-local size = plan(key, tonumber(m[3]), 5)
+local size = plan(key, tonumber(m[3]), 6)
 if size > tonumber(ARGV[4]) then return {2, 0, size} end
 local v = tonumber(m[4]) + 1
-write(key, 5, {'~n', size, '~t', ARGV[1], '~v', v})
+write(key, 6, {'~n', size, '~t', ARGV[1], '~v', v})
 redis.call('PEXPIRE', key, ttl_ms(c, now, idle, absolute))
 return {1, v, size}
 """
@@ -281,9 +324,10 @@ class RedisSessionBackend:
             OSError,
         )
         register = client.register_script
-        self._load = register(_PRELUDE + _LOAD)
+        self._touch = register(_PRELUDE + _TOUCH)
         self._create = register(_PRELUDE + _CREATE)
-        self._merge = register(_PRELUDE + _MERGE)
+        self._merge = register(_MERGE)
+        self._merge_many = register(_PRELUDE + _MERGE_MANY)
         self._rotate = register(_PRELUDE + _ROTATE)
         self._claim = register(_PRELUDE + _CLAIM)
         self._destroy = register(_DESTROY)
@@ -310,22 +354,53 @@ class RedisSessionBackend:
         try:
             return await script(keys=keys, args=args)
         except self._unavailable as exc:
-            raise SessionStoreUnavailableError(
-                f"the session store (Redis) failed: {redact_text(str(exc))}; check that Redis "
-                "is reachable, then retry"
-            ) from exc
+            raise self._error(exc) from exc
+
+    @staticmethod
+    def _error(exc: BaseException) -> SessionStoreUnavailableError:
+        return SessionStoreUnavailableError(
+            f"the session store (Redis) failed: {redact_text(str(exc))}; check that Redis "
+            "is reachable, then retry"
+        )
 
     @staticmethod
     def _result(raw: Sequence[Any]) -> WriteResult:
         return WriteResult(_OUTCOMES[int(raw[0])], version=int(raw[1]), size=int(raw[2]))
 
     async def load(self, key: str, limits: Limits) -> StoredSession | None:
-        """See :meth:`SessionBackend.load`."""
-        raw = await self._call(self._load, [key], [*_times(limits), repr(limits.touch_interval)])
-        if raw is None:
+        """See :meth:`SessionBackend.load`.
+
+        A plain ``HGETALL`` (a Lua script costs Redis several times more): the deadlines are
+        checked here against the metadata it returns, with the same clock and rules the scripts
+        use. Only a session found dead or due for a touch costs a second call, a script that
+        re-checks atomically before it deletes or touches anything.
+        """
+        try:
+            flat = await self._client.hgetall(key)
+        except self._unavailable as exc:
+            raise self._error(exc) from exc
+        fields: dict[str, str] = {}
+        meta: dict[str, str] = {}
+        for name, value in flat.items():
+            name = _str(name)
+            if name[:2] == "d:":
+                fields[name[2:]] = _str(value)
+            else:
+                meta[name] = _str(value)
+        try:
+            created, touched = float(meta["~c"]), float(meta["~t"])
+        except (KeyError, ValueError):
             return None
-        fields, meta = _decode_hash(raw)
-        return StoredSession(fields, float(meta["~c"]), meta.get("~u"), int(meta.get("~v", 0)))
+        now = limits.now
+        if (
+            now - touched >= limits.idle_timeout
+            or now - created >= limits.absolute_lifetime
+            or now - touched >= limits.touch_interval
+        ):
+            args = [*_times(limits), repr(limits.touch_interval)]
+            if not await self._call(self._touch, [key], args):
+                return None
+        return StoredSession(fields, created, meta.get("~u"), int(meta.get("~v", 0)))
 
     async def create(
         self,
@@ -350,8 +425,16 @@ class RedisSessionBackend:
         limits: Limits,
     ) -> WriteResult:
         """See :meth:`SessionBackend.merge`."""
-        args = [*_times(limits), limits.max_bytes, *_changes(set_fields, delete_fields)]
-        return self._result(await self._call(self._merge, [key], args))
+        args = [
+            *_times(limits),
+            limits.max_bytes,
+            repr(limits.touch_interval),
+            *_changes(set_fields, delete_fields),
+        ]
+        script = (
+            self._merge if 2 * len(set_fields) + len(delete_fields) < 3000 else self._merge_many
+        )
+        return self._result(await self._call(script, [key], args))
 
     async def rotate(
         self,

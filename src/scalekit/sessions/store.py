@@ -8,7 +8,6 @@ changes to the *same* key are last-writer-wins.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Awaitable, Iterator, Mapping, MutableMapping
 from types import TracebackType
@@ -28,6 +27,7 @@ from scalekit.errors import (
 )
 from scalekit.sessions._codec import decode_value, encode_value
 from scalekit.sessions._crypto import KeySpace
+from scalekit.sessions._deadline import Watchdog
 from scalekit.sessions.backend import Limits, Outcome, SessionBackend, WriteResult
 
 __all__ = ["Session", "SessionStore"]
@@ -354,6 +354,7 @@ class SessionStore:
         self.max_bytes = int(max_bytes)
         self.timeout = float(timeout)
         self._keys = KeySpace(secret_key, key_prefix)
+        self._watchdog = Watchdog(self.timeout)
         self._clock = clock
         self._tracer = tracer()
         self._ops = meter().create_counter(
@@ -383,8 +384,7 @@ class SessionStore:
             span_cm = contextlib.nullcontext()
         with span_cm:
             try:
-                async with asyncio.timeout(self.timeout):
-                    return await call
+                return await self._watchdog.run(call)
             except TimeoutError as exc:
                 self._ops.add(1, {"operation": operation, "outcome": "unavailable"})
                 raise SessionStoreUnavailableError(
