@@ -100,13 +100,14 @@ end
 
 # Run only when a load (a plain HGETALL) found the session dead or due for a touch: re-checks
 # both atomically, so a session another instance just refreshed is neither reaped nor resurrected.
-# KEYS: session; ARGV: now idle absolute touch. Returns 1 (alive, touched if due) or 0 (dead).
+# KEYS: session; ARGV: now idle absolute max_bytes touch.
+# Returns 1 (alive, touched if due) or 0 (dead, and deleted).
 _TOUCH = """
 local key = KEYS[1]
 local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local c = alive(key, now, idle, absolute)
 if not c then return 0 end
-if now - tonumber(redis.call('HGET', key, '~t')) >= tonumber(ARGV[4]) then
+if now - tonumber(redis.call('HGET', key, '~t')) >= tonumber(ARGV[5]) then
   redis.call('HSET', key, '~t', ARGV[1])
   redis.call('PEXPIRE', key, ttl_ms(c, now, idle, absolute))
 end
@@ -260,6 +261,9 @@ return n
 _OUTCOMES = {0: Outcome.GONE, 1: Outcome.OK, 2: Outcome.TOO_LARGE, 3: Outcome.EXISTS}
 
 
+_DATA_PREFIXES = (b"d:", "d:")  # a data field's name, from a client with or without decoding
+
+
 def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -323,6 +327,8 @@ class RedisSessionBackend:
             exceptions.TryAgainError,
             OSError,
         )
+        self._no_script: type[BaseException] = exceptions.NoScriptError
+        self._constants_cache: tuple[tuple[float, float, int, float], list[bytes]] | None = None
         register = client.register_script
         self._touch = register(_PRELUDE + _TOUCH)
         self._create = register(_PRELUDE + _CREATE)
@@ -351,10 +357,31 @@ class RedisSessionBackend:
         return backend
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        # EVALSHA straight on the client (what redis-py's Script.__call__ does, minus a tuple
+        # copy and an import per call); a server that lost its script cache gets it again.
+        client: Any = self._client
         try:
-            return await script(keys=keys, args=args)
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except self._no_script:
+                script.sha = await client.script_load(script.script)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
         except self._unavailable as exc:
             raise self._error(exc) from exc
+
+    def _constants(self, limits: Limits) -> list[bytes]:
+        """``idle absolute max_bytes touch`` as bytes, encoded once per configuration."""
+        key = (
+            limits.idle_timeout,
+            limits.absolute_lifetime,
+            limits.max_bytes,
+            limits.touch_interval,
+        )
+        cached = self._constants_cache
+        if cached is None or cached[0] != key:
+            values = (repr(key[0]), repr(key[1]), str(key[2]), repr(key[3]))
+            cached = self._constants_cache = (key, [v.encode() for v in values])
+        return cached[1]
 
     @staticmethod
     def _error(exc: BaseException) -> SessionStoreUnavailableError:
@@ -380,13 +407,12 @@ class RedisSessionBackend:
         except self._unavailable as exc:
             raise self._error(exc) from exc
         fields: dict[str, str] = {}
-        meta: dict[str, str] = {}
+        meta: dict[str, Any] = {}
         for name, value in flat.items():
-            name = _str(name)
-            if name[:2] == "d:":
-                fields[name[2:]] = _str(value)
+            if name[:2] in _DATA_PREFIXES:
+                fields[_str(name)[2:]] = _str(value)
             else:
-                meta[name] = _str(value)
+                meta[_str(name)] = value
         try:
             created, touched = float(meta["~c"]), float(meta["~t"])
         except (KeyError, ValueError):
@@ -397,10 +423,13 @@ class RedisSessionBackend:
             or now - created >= limits.absolute_lifetime
             or now - touched >= limits.touch_interval
         ):
-            args = [*_times(limits), repr(limits.touch_interval)]
+            args = [repr(now), *self._constants(limits)]
             if not await self._call(self._touch, [key], args):
                 return None
-        return StoredSession(fields, created, meta.get("~u"), int(meta.get("~v", 0)))
+        user = meta.get("~u")
+        return StoredSession(
+            fields, created, None if user is None else _str(user), int(meta.get("~v", 0))
+        )
 
     async def create(
         self,
@@ -425,12 +454,7 @@ class RedisSessionBackend:
         limits: Limits,
     ) -> WriteResult:
         """See :meth:`SessionBackend.merge`."""
-        args = [
-            *_times(limits),
-            limits.max_bytes,
-            repr(limits.touch_interval),
-            *_changes(set_fields, delete_fields),
-        ]
+        args = [repr(limits.now), *self._constants(limits), *_changes(set_fields, delete_fields)]
         script = (
             self._merge if 2 * len(set_fields) + len(delete_fields) < 3000 else self._merge_many
         )

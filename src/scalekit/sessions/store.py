@@ -58,6 +58,7 @@ class Session(MutableMapping[str, Any]):
         "_dead_id",
         "_ended",
         "_id",
+        "_key",
         "_loaded",
         "_original",
         "_pending_id",
@@ -76,6 +77,7 @@ class Session(MutableMapping[str, Any]):
         # value (which the caller may change in place). Only these are re-encoded on save.
         self._touched: set[str] = set()
         self._id: str | None = None
+        self._key: tuple[str, str] | None = None  # (id, its Redis key): one HMAC per id
         self._user_id: str | None = None
         self._created: float | None = None
         self._version = 0
@@ -398,6 +400,14 @@ class SessionStore:
     def _count(self, operation: str, outcome: str) -> None:
         self._ops.add(1, {"operation": operation, "outcome": outcome})
 
+    def _session_key(self, session: Session) -> str:
+        session_id = session._id
+        assert session_id is not None
+        cached = session._key
+        if cached is None or cached[0] != session_id:
+            cached = session._key = (session_id, self._keys.session_key(session_id))
+        return cached[1]
+
     def is_valid_id(self, session_id: object) -> bool:
         """Whether ``session_id`` has the shape of an id this store issues (no I/O)."""
         return self._keys.is_valid_id(session_id)
@@ -461,9 +471,8 @@ class SessionStore:
         session_id = session._pending_id
         if session._loaded or session_id is None:
             return
-        stored = await self._run(
-            "load", self.backend.load(self._keys.session_key(session_id), self._limits())
-        )
+        key = self._keys.session_key(session_id)
+        stored = await self._run("load", self.backend.load(key, self._limits()))
         session._pending_id = None
         session._loaded = True
         if stored is None:
@@ -481,6 +490,7 @@ class SessionStore:
         session._original = dict(stored.fields)
         session._touched = set()
         session._id = session_id
+        session._key = (session_id, key)
         session._user_id = stored.user_id
         session._created = stored.created
         session._version = stored.version
@@ -522,7 +532,7 @@ class SessionStore:
             return
         result = await self._run(
             "save",
-            self.backend.merge(self._keys.session_key(session._id), sets, deletes, self._limits()),
+            self.backend.merge(self._session_key(session), sets, deletes, self._limits()),
         )
         self._apply(session, result, session._id, sets, deletes, "save")
 
