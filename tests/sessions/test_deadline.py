@@ -6,7 +6,10 @@ import asyncio
 
 import pytest
 
+from scalekit.errors import ConfigurationError, SessionStoreUnavailableError
+from scalekit.sessions import MemorySessionBackend, SessionStore
 from scalekit.sessions._deadline import Watchdog
+from scalekit.sessions.backend import Limits, StoredSession
 
 
 async def test_a_call_that_answers_returns_its_result() -> None:
@@ -80,3 +83,19 @@ def test_one_watchdog_serves_successive_event_loops() -> None:
     for _ in range(2):  # the timer of a closed loop must not be trusted by the next one
         with pytest.raises(TimeoutError):
             asyncio.run(asyncio.wait_for(hang(), timeout=10))
+
+
+async def test_the_store_timeout_can_be_changed_after_construction() -> None:
+    store = SessionStore(MemorySessionBackend(), secret_key="k" * 32, timeout=5.0)
+    assert store.timeout == 5.0
+    store.timeout = 0.05
+
+    async def hang(key: str, limits: Limits) -> StoredSession | None:
+        await asyncio.Event().wait()
+        return None
+
+    store.backend.load = hang  # type: ignore[method-assign]
+    with pytest.raises(SessionStoreUnavailableError, match=r"within 0\.05s"):
+        await asyncio.wait_for(store.load(store._keys.new_id()), timeout=10)
+    with pytest.raises(ConfigurationError):
+        store.timeout = 0

@@ -354,9 +354,8 @@ class SessionStore:
         self.absolute_lifetime = float(absolute_lifetime)
         self.touch_interval = float(touch_interval)
         self.max_bytes = int(max_bytes)
-        self.timeout = float(timeout)
+        self._watchdog = Watchdog(float(timeout))
         self._keys = KeySpace(secret_key, key_prefix)
-        self._watchdog = Watchdog(self.timeout)
         self._clock = clock
         self._tracer = tracer()
         self._ops = meter().create_counter(
@@ -364,6 +363,17 @@ class SessionStore:
             unit="{operation}",
             description="Session store operations by operation and outcome",
         )
+
+    @property
+    def timeout(self) -> float:
+        """Seconds every backend call may take (settable)."""
+        return self._watchdog.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        if value <= 0:
+            raise ConfigurationError("timeout must be > 0")
+        self._watchdog = Watchdog(float(value))
 
     # -- helpers ----------------------------------------------------------------------------
 
