@@ -5,7 +5,10 @@ client library) so the numbers show the middleware and its Redis round trips, no
 stack. All Redis variants use the same Redis server in the same run; requests are sequential
 (latency-bound), repeats are interleaved across variants, and the median is reported.
 
-    /work/venv/bin/python benchmarks/bench_sessions.py [--quick] [--redis-url URL]
+    /work/venv/bin/python benchmarks/bench_sessions.py [--quick] [--redis-url URL] [--redis-cost]
+
+``--redis-cost`` also starts a private ``redis-server`` (never the shared one: it resets the
+server's statistics) and reports the Redis CPU time per request, from ``INFO commandstats``.
 
 Routes: ``/read`` reads one key; ``/write`` reads and increments it. ``/none`` does not touch
 the session (what scalekit costs a request that carries a cookie but does not need the session
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import socket
 import statistics
 import time
 import uuid
@@ -119,11 +124,85 @@ async def rate(app: App, path: str, cookie: str | None, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+async def redis_cost(n: int) -> None:
+    """Redis time per request (µs, ``INFO commandstats``) on a private server, per variant."""
+    if shutil.which("redis-server") is None:
+        print("\nredis-server is not on PATH: no Redis-side cost table")
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = await asyncio.create_subprocess_exec(
+        "redis-server", *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        client = aioredis.Redis(port=port)
+        for _ in range(200):
+            try:
+                await client.ping()
+                break
+            except aioredis.ConnectionError:
+                await asyncio.sleep(0.02)
+        from starsessions import SessionAutoloadMiddleware
+        from starsessions import SessionMiddleware as StarSessionMiddleware
+        from starsessions.stores.redis import RedisStore
+
+        store = SessionStore(RedisSessionBackend(client), secret_key=SERVER_KEY)
+        variants = {
+            "scalekit, Redis": app_with(
+                Middleware(SessionMiddleware, store=store, secret_keys=[COOKIE_KEY])
+            ),
+            "starsessions, Redis": app_with(
+                Middleware(
+                    StarSessionMiddleware,
+                    store=RedisStore(connection=client),
+                    lifetime=900,
+                    rolling=True,
+                ),
+                Middleware(SessionAutoloadMiddleware),
+            ),
+        }
+        paths = ["/read", "/write"]
+        print(
+            "\nRedis time per request on a private redis-server, µs: command execution "
+            "(INFO commandstats) / whole process CPU incl. network I/O (INFO cpu)\n"
+        )
+        print(f"{'variant':<28}" + "".join(f"{p:>24}" for p in paths))
+        for name, app in variants.items():
+            cookie = cookie_value(await call(app, "/write", None))
+            cells = ""
+            for path in paths:
+                await client.config_resetstat()
+                cpu = await client.info("cpu")
+                await rate(app, path, cookie, n)
+                stats = await client.info("commandstats")
+                after = await client.info("cpu")
+                # a script's own commands are counted in its time and again on their own rows
+                top = sum(
+                    v["usec"]
+                    for k, v in stats.items()
+                    if k in ("cmdstat_evalsha", "cmdstat_get", "cmdstat_set", "cmdstat_hgetall")
+                )
+                used = sum(after[k] - cpu[k] for k in ("used_cpu_sys", "used_cpu_user"))
+                cells += f"{top / n:>11.1f} / {used * 1e6 / n:>10.1f}"
+            print(f"{name:<28}{cells}")
+        await client.aclose()
+    finally:
+        server.kill()
+        await server.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument(
+        "--redis-cost",
+        action="store_true",
+        help="also measure Redis CPU time per request on a private redis-server",
     )
     args = parser.parse_args()
     n, batches = (100, 3) if args.quick else (250, 20)
@@ -224,6 +303,8 @@ async def main() -> None:
         async for key in client.scan_iter(match=f"{prefix}*"):
             await client.delete(key)
         await client.aclose()
+    if args.redis_cost:
+        await redis_cost(1000 if args.quick else 5000)
 
 
 if __name__ == "__main__":

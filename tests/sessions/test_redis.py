@@ -10,9 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from scalekit.errors import SessionStoreUnavailableError
+from scalekit.errors import SessionStoreUnavailableError, SessionTooLargeError
 from scalekit.sessions import RedisSessionBackend, SessionStore
-from scalekit.testing import FaultProxy
+from scalekit.testing import FaultProxy, ManualClock
 from tests.sessions.conftest import SERVER_KEY
 from tests.support.processes import RedisProcess
 
@@ -176,3 +176,85 @@ async def test_connection_cut_mid_session_loses_nothing(
         async for key in cleanup.scan_iter(match=f"{unique}*"):
             await cleanup.delete(key)
         await cleanup.aclose()
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+    redis_process: RedisProcess, unique: str
+) -> None:
+    backend = RedisSessionBackend.from_url(redis_process.url)
+    store = SessionStore(backend, secret_key=SERVER_KEY, key_prefix=f"{unique}:")
+    async with store:
+        session = await store.create({"x": 1})
+        assert session.id is not None
+        await backend._client.script_flush()  # a restarted or failed-over server has no scripts
+        session["y"] = 2
+        await store.save(session)
+        loaded = await store.load(session.id)
+        assert loaded is not None
+        assert dict(loaded) == {"x": 1, "y": 2}
+
+
+async def test_load_touches_and_reaps_through_a_script_only_when_needed(
+    redis_client: aioredis.Redis, unique: str
+) -> None:
+    clock = ManualClock(wall_start=1_800_000_000.0)
+    store = _store(redis_client, unique, idle_timeout=900, touch_interval=60)
+    store._clock = clock
+    session = await store.create({"x": 1})
+    assert session.id is not None
+    key = store._keys.session_key(session.id)
+    await clock.advance(30)
+    assert await store.load(session.id) is not None
+    assert float(await redis_client.hget(key, "~t")) == 1_800_000_000.0  # not due: untouched
+    await clock.advance(40)
+    assert await store.load(session.id) is not None
+    assert float(await redis_client.hget(key, "~t")) == 1_800_000_070.0  # due: touched
+    assert 0 < await redis_client.pttl(key) <= 900_000
+    await clock.advance(900)
+    assert await store.load(session.id) is None
+    assert not await redis_client.exists(key)  # the dead session was deleted, not just skipped
+
+
+async def test_a_write_moves_the_idle_deadline_at_most_once_per_touch_interval(
+    redis_client: aioredis.Redis, unique: str
+) -> None:
+    clock = ManualClock(wall_start=1_800_000_000.0)
+    store = _store(redis_client, unique, idle_timeout=900, touch_interval=60)
+    store._clock = clock
+    session = await store.create({"n": 0})
+    assert session.id is not None
+    key = store._keys.session_key(session.id)
+    await clock.advance(10)
+    session["n"] = 1
+    await store.save(session)
+    assert float(await redis_client.hget(key, "~t")) == 1_800_000_000.0
+    await clock.advance(60)
+    session["n"] = 2
+    await store.save(session)
+    assert float(await redis_client.hget(key, "~t")) == 1_800_000_070.0
+    assert session.version == 3
+
+
+async def test_a_save_of_thousands_of_keys_takes_the_chunked_path(
+    redis_client: aioredis.Redis, unique: str
+) -> None:
+    store = _store(redis_client, unique, max_bytes=200_000)
+    session = await store.create({"seed": 0})
+    assert session.id is not None
+    for i in range(2000):  # 2 * 2000 arguments: more than one Lua unpack() takes
+        session[f"k{i}"] = i
+    await store.save(session)
+    loaded = await store.load(session.id)
+    assert loaded is not None
+    assert len(loaded) == 2001
+    assert loaded["k1999"] == 1999
+    for i in range(2000):
+        del loaded[f"k{i}"]
+    loaded["big"] = "x" * 300_000
+    with pytest.raises(SessionTooLargeError):
+        await store.save(loaded)
+    del loaded["big"]
+    await store.save(loaded)
+    again = await store.load(session.id)
+    assert again is not None
+    assert dict(again) == {"seed": 0}

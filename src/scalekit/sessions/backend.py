@@ -27,7 +27,8 @@ class Limits:
         now: the store clock's wall time, in seconds since the epoch.
         idle_timeout: seconds without a touch after which a session is dead.
         absolute_lifetime: seconds after creation (or login) after which a session is dead.
-        touch_interval: a load refreshes the idle deadline only if the last touch is older.
+        touch_interval: a load or a merge refreshes the idle deadline only if the last touch
+            is older.
         max_bytes: the most bytes a session's keys and encoded values may total.
     """
 
@@ -109,7 +110,11 @@ class SessionBackend(Protocol):
         delete_fields: Sequence[str],
         limits: Limits,
     ) -> WriteResult:
-        """Set and delete only the given fields of a live session, atomically."""
+        """Set and delete only the given fields of a live session, atomically.
+
+        The idle deadline is refreshed as by :meth:`load` (only when the last touch is older
+        than ``limits.touch_interval``).
+        """
         ...
 
     async def rotate(

@@ -157,7 +157,8 @@ class MemorySessionBackend:
             return WriteResult(Outcome.TOO_LARGE, size=size)
         entry.fields, entry.size = data, size
         entry.version += 1
-        entry.touched = limits.now
+        if limits.now - entry.touched >= limits.touch_interval:  # throttled, as for loads
+            entry.touched = limits.now
         return WriteResult(Outcome.OK, version=entry.version, size=size)
 
     async def rotate(

@@ -98,25 +98,20 @@ local function write(key, start, meta)
 end
 """
 
-_LOAD = """
+# Run only when a load (a plain HGETALL) found the session dead or due for a touch: re-checks
+# both atomically, so a session another instance just refreshed is neither reaped nor resurrected.
+# KEYS: session; ARGV: now idle absolute max_bytes touch.
+# Returns 1 (alive, touched if due) or 0 (dead, and deleted).
+_TOUCH = """
 local key = KEYS[1]
 local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local all = redis.call('HGETALL', key)
-local c, t
-for i = 1, #all, 2 do
-  local f = all[i]
-  if f == '~c' then c = tonumber(all[i + 1]) elseif f == '~t' then t = tonumber(all[i + 1]) end
-end
-if not c or not t then return false end
-if now - t >= idle or now - c >= absolute then
-  expire(key)
-  return false
-end
-if now - t >= tonumber(ARGV[4]) then
+local c = alive(key, now, idle, absolute)
+if not c then return 0 end
+if now - tonumber(redis.call('HGET', key, '~t')) >= tonumber(ARGV[5]) then
   redis.call('HSET', key, '~t', ARGV[1])
   redis.call('PEXPIRE', key, ttl_ms(c, now, idle, absolute))
 end
-return all
+return 1
 """
 
 # KEYS: session [, index]; ARGV: now idle absolute max_bytes user version changes...
@@ -136,8 +131,57 @@ redis.call('PEXPIRE', key, ttl_ms(now, now, idle, absolute))
 return {1, tonumber(ARGV[6]), size}
 """
 
-# KEYS: session; ARGV: now idle absolute max_bytes changes...
+# KEYS: session; ARGV: now idle absolute max_bytes touch changes...
+# The hot path of every write request, so it is lean: no prelude (each function defined costs a
+# closure per call), one HMGET for the metadata and the old values of the changed fields (their
+# sizes), one HSET (and an HDEL for deleted keys) straight from ARGV: redis.call is the expensive
+# part of a script. The idle deadline moves (~t, PEXPIRE) only when the last touch is older than
+# the touch interval, as for loads, which keeps the key's TTL and ~t in step.
 _MERGE = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local nset = tonumber(ARGV[6])
+local base = 8 + 2 * nset
+local ndel = tonumber(ARGV[base - 1])
+local names = {'~c', '~t', '~n', '~v'}
+for j = 1, nset do names[4 + j] = ARGV[5 + 2 * j] end
+for j = 0, ndel - 1 do names[5 + nset + j] = ARGV[base + j] end
+local m = redis.call('HMGET', key, unpack(names))
+if not m[1] then return {0, 0, 0} end
+local c, t = tonumber(m[1]), tonumber(m[2])
+local idle, absolute = tonumber(ARGV[2]), tonumber(ARGV[3])
+if now - t >= idle or now - c >= absolute then
+  local idx = redis.call('HGET', key, '~i')
+  redis.call('DEL', key)
+  if idx then redis.call('SREM', idx, key) end
+  return {0, 0, 0}
+end
+local size = tonumber(m[3])
+for j = 1, nset + ndel do
+  local old = m[4 + j]
+  if old then size = size - #names[4 + j] - #old end
+end
+for j = 1, nset do size = size + #ARGV[5 + 2 * j] + #ARGV[6 + 2 * j] end
+if size > tonumber(ARGV[4]) then return {2, 0, size} end
+local v = tonumber(m[4]) + 1
+local touch = now - t >= tonumber(ARGV[5])
+if touch then
+  redis.call('HSET', key, '~n', size, '~v', v, '~t', ARGV[1], unpack(ARGV, 7, 6 + 2 * nset))
+else
+  redis.call('HSET', key, '~n', size, '~v', v, unpack(ARGV, 7, 6 + 2 * nset))
+end
+if ndel > 0 then redis.call('HDEL', key, unpack(ARGV, base, base + ndel - 1)) end
+if touch then
+  local r = math.min(idle, c + absolute - now)
+  if r < 0.001 then r = 0.001 end
+  redis.call('PEXPIRE', key, math.ceil(r * 1000))
+end
+return {1, v, size}
+"""
+
+# The same merge for a save that changes thousands of keys at once (more than one unpack()
+# takes): sizes by HSTRLEN, writes in chunks. KEYS and ARGV as for _MERGE.
+_MERGE_MANY = """
 local key = KEYS[1]
 local now, idle, absolute = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local m = redis.call('HMGET', key, '~c', '~t', '~n', '~v')
@@ -147,10 +191,10 @@ if now - tonumber(m[2]) >= idle or now - c >= absolute then
   expire(key)
   return {0, 0, 0}
 end
-local size = plan(key, tonumber(m[3]), 5)
+local size = plan(key, tonumber(m[3]), 6)
 if size > tonumber(ARGV[4]) then return {2, 0, size} end
 local v = tonumber(m[4]) + 1
-write(key, 5, {'~n', size, '~t', ARGV[1], '~v', v})
+write(key, 6, {'~n', size, '~t', ARGV[1], '~v', v})
 redis.call('PEXPIRE', key, ttl_ms(c, now, idle, absolute))
 return {1, v, size}
 """
@@ -217,6 +261,9 @@ return n
 _OUTCOMES = {0: Outcome.GONE, 1: Outcome.OK, 2: Outcome.TOO_LARGE, 3: Outcome.EXISTS}
 
 
+_DATA_PREFIXES = (b"d:", "d:")  # a data field's name, from a client with or without decoding
+
+
 def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -280,10 +327,13 @@ class RedisSessionBackend:
             exceptions.TryAgainError,
             OSError,
         )
+        self._no_script: type[BaseException] = exceptions.NoScriptError
+        self._constants_cache: tuple[tuple[float, float, int, float], list[bytes]] | None = None
         register = client.register_script
-        self._load = register(_PRELUDE + _LOAD)
+        self._touch = register(_PRELUDE + _TOUCH)
         self._create = register(_PRELUDE + _CREATE)
-        self._merge = register(_PRELUDE + _MERGE)
+        self._merge = register(_MERGE)
+        self._merge_many = register(_PRELUDE + _MERGE_MANY)
         self._rotate = register(_PRELUDE + _ROTATE)
         self._claim = register(_PRELUDE + _CLAIM)
         self._destroy = register(_DESTROY)
@@ -307,25 +357,79 @@ class RedisSessionBackend:
         return backend
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        # EVALSHA straight on the client (what redis-py's Script.__call__ does, minus a tuple
+        # copy and an import per call); a server that lost its script cache gets it again.
+        client: Any = self._client
         try:
-            return await script(keys=keys, args=args)
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except self._no_script:
+                script.sha = await client.script_load(script.script)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
         except self._unavailable as exc:
-            raise SessionStoreUnavailableError(
-                f"the session store (Redis) failed: {redact_text(str(exc))}; check that Redis "
-                "is reachable, then retry"
-            ) from exc
+            raise self._error(exc) from exc
+
+    def _constants(self, limits: Limits) -> list[bytes]:
+        """``idle absolute max_bytes touch`` as bytes, encoded once per configuration."""
+        key = (
+            limits.idle_timeout,
+            limits.absolute_lifetime,
+            limits.max_bytes,
+            limits.touch_interval,
+        )
+        cached = self._constants_cache
+        if cached is None or cached[0] != key:
+            values = (repr(key[0]), repr(key[1]), str(key[2]), repr(key[3]))
+            cached = self._constants_cache = (key, [v.encode() for v in values])
+        return cached[1]
+
+    @staticmethod
+    def _error(exc: BaseException) -> SessionStoreUnavailableError:
+        return SessionStoreUnavailableError(
+            f"the session store (Redis) failed: {redact_text(str(exc))}; check that Redis "
+            "is reachable, then retry"
+        )
 
     @staticmethod
     def _result(raw: Sequence[Any]) -> WriteResult:
         return WriteResult(_OUTCOMES[int(raw[0])], version=int(raw[1]), size=int(raw[2]))
 
     async def load(self, key: str, limits: Limits) -> StoredSession | None:
-        """See :meth:`SessionBackend.load`."""
-        raw = await self._call(self._load, [key], [*_times(limits), repr(limits.touch_interval)])
-        if raw is None:
+        """See :meth:`SessionBackend.load`.
+
+        A plain ``HGETALL`` (a Lua script costs Redis several times more): the deadlines are
+        checked here against the metadata it returns, with the same clock and rules the scripts
+        use. Only a session found dead or due for a touch costs a second call, a script that
+        re-checks atomically before it deletes or touches anything.
+        """
+        try:
+            flat = await self._client.hgetall(key)
+        except self._unavailable as exc:
+            raise self._error(exc) from exc
+        fields: dict[str, str] = {}
+        meta: dict[str, Any] = {}
+        for name, value in flat.items():
+            if name[:2] in _DATA_PREFIXES:
+                fields[_str(name)[2:]] = _str(value)
+            else:
+                meta[_str(name)] = value
+        try:
+            created, touched = float(meta["~c"]), float(meta["~t"])
+        except (KeyError, ValueError):
             return None
-        fields, meta = _decode_hash(raw)
-        return StoredSession(fields, float(meta["~c"]), meta.get("~u"), int(meta.get("~v", 0)))
+        now = limits.now
+        if (
+            now - touched >= limits.idle_timeout
+            or now - created >= limits.absolute_lifetime
+            or now - touched >= limits.touch_interval
+        ):
+            args = [repr(now), *self._constants(limits)]
+            if not await self._call(self._touch, [key], args):
+                return None
+        user = meta.get("~u")
+        return StoredSession(
+            fields, created, None if user is None else _str(user), int(meta.get("~v", 0))
+        )
 
     async def create(
         self,
@@ -350,8 +454,11 @@ class RedisSessionBackend:
         limits: Limits,
     ) -> WriteResult:
         """See :meth:`SessionBackend.merge`."""
-        args = [*_times(limits), limits.max_bytes, *_changes(set_fields, delete_fields)]
-        return self._result(await self._call(self._merge, [key], args))
+        args = [repr(limits.now), *self._constants(limits), *_changes(set_fields, delete_fields)]
+        script = (
+            self._merge if 2 * len(set_fields) + len(delete_fields) < 3000 else self._merge_many
+        )
+        return self._result(await self._call(script, [key], args))
 
     async def rotate(
         self,

@@ -8,7 +8,6 @@ changes to the *same* key are last-writer-wins.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Awaitable, Iterator, Mapping, MutableMapping
 from types import TracebackType
@@ -28,6 +27,7 @@ from scalekit.errors import (
 )
 from scalekit.sessions._codec import decode_value, encode_value
 from scalekit.sessions._crypto import KeySpace
+from scalekit.sessions._deadline import Watchdog
 from scalekit.sessions.backend import Limits, Outcome, SessionBackend, WriteResult
 
 __all__ = ["Session", "SessionStore"]
@@ -58,6 +58,7 @@ class Session(MutableMapping[str, Any]):
         "_dead_id",
         "_ended",
         "_id",
+        "_key",
         "_loaded",
         "_original",
         "_pending_id",
@@ -76,6 +77,7 @@ class Session(MutableMapping[str, Any]):
         # value (which the caller may change in place). Only these are re-encoded on save.
         self._touched: set[str] = set()
         self._id: str | None = None
+        self._key: tuple[str, str] | None = None  # (id, its Redis key): one HMAC per id
         self._user_id: str | None = None
         self._created: float | None = None
         self._version = 0
@@ -352,7 +354,7 @@ class SessionStore:
         self.absolute_lifetime = float(absolute_lifetime)
         self.touch_interval = float(touch_interval)
         self.max_bytes = int(max_bytes)
-        self.timeout = float(timeout)
+        self._watchdog = Watchdog(float(timeout))
         self._keys = KeySpace(secret_key, key_prefix)
         self._clock = clock
         self._tracer = tracer()
@@ -361,6 +363,17 @@ class SessionStore:
             unit="{operation}",
             description="Session store operations by operation and outcome",
         )
+
+    @property
+    def timeout(self) -> float:
+        """Seconds every backend call may take (settable)."""
+        return self._watchdog.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        if value <= 0:
+            raise ConfigurationError("timeout must be > 0")
+        self._watchdog = Watchdog(float(value))
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -383,8 +396,7 @@ class SessionStore:
             span_cm = contextlib.nullcontext()
         with span_cm:
             try:
-                async with asyncio.timeout(self.timeout):
-                    return await call
+                return await self._watchdog.run(call)
             except TimeoutError as exc:
                 self._ops.add(1, {"operation": operation, "outcome": "unavailable"})
                 raise SessionStoreUnavailableError(
@@ -397,6 +409,14 @@ class SessionStore:
 
     def _count(self, operation: str, outcome: str) -> None:
         self._ops.add(1, {"operation": operation, "outcome": outcome})
+
+    def _session_key(self, session: Session) -> str:
+        session_id = session._id
+        assert session_id is not None
+        cached = session._key
+        if cached is None or cached[0] != session_id:
+            cached = session._key = (session_id, self._keys.session_key(session_id))
+        return cached[1]
 
     def is_valid_id(self, session_id: object) -> bool:
         """Whether ``session_id`` has the shape of an id this store issues (no I/O)."""
@@ -461,9 +481,8 @@ class SessionStore:
         session_id = session._pending_id
         if session._loaded or session_id is None:
             return
-        stored = await self._run(
-            "load", self.backend.load(self._keys.session_key(session_id), self._limits())
-        )
+        key = self._keys.session_key(session_id)
+        stored = await self._run("load", self.backend.load(key, self._limits()))
         session._pending_id = None
         session._loaded = True
         if stored is None:
@@ -481,6 +500,7 @@ class SessionStore:
         session._original = dict(stored.fields)
         session._touched = set()
         session._id = session_id
+        session._key = (session_id, key)
         session._user_id = stored.user_id
         session._created = stored.created
         session._version = stored.version
@@ -522,7 +542,7 @@ class SessionStore:
             return
         result = await self._run(
             "save",
-            self.backend.merge(self._keys.session_key(session._id), sets, deletes, self._limits()),
+            self.backend.merge(self._session_key(session), sets, deletes, self._limits()),
         )
         self._apply(session, result, session._id, sets, deletes, "save")
 
