@@ -436,6 +436,22 @@ class Balancer(Generic[T]):
         node.outstanding += 1
         return Lease(self, node, self._clock.monotonic())
 
+    def _finish(self, node: _Node[T], started: float, now: float, success: bool) -> None:
+        """Internal: end a call counted on ``node`` without a :class:`Lease` object.
+
+        For callers on a hot path (``scalekit.db``) that incremented ``node.outstanding``
+        themselves after :meth:`_choose_node`; equivalent to releasing a lease started at
+        ``started``.
+        """
+        node.outstanding -= 1
+        latency = now - started
+        if success and latency >= node.ewma:  # the common case of _record, inlined
+            node.ewma = latency
+            node.ewma_at = now
+            node.failures = 0
+        else:
+            self._record(node, latency, success, now)
+
     def _none_message(self) -> str:
         if not self._order:
             return f"{type(self).__name__} has no endpoints; add some with add()."

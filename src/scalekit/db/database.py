@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Sequence
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -17,7 +19,7 @@ from scalekit import _telemetry
 from scalekit._drivers import require
 from scalekit._redact import redact_text
 from scalekit.balance import Balancer, PowerOfTwoChoices
-from scalekit.clock import SYSTEM_CLOCK, Clock
+from scalekit.clock import SYSTEM_CLOCK, Clock, SystemClock
 from scalekit.db._consistency import ConsistencyScope, TokenCodec, _Scope
 from scalekit.db._replica import ReplicaStatus, _Server
 from scalekit.db.handles import _WRITE_LSN, Handle, Transaction, _Connection, _Unavailable
@@ -43,6 +45,22 @@ _CHECK_REPLICA = (
 _CHECK_PRIMARY = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END"
 _REPLAY_LSN = "SELECT pg_last_wal_replay_lsn()"
 _POLL_INTERVAL = 0.002
+
+
+# Until an SDK tracer provider is installed, a proxy tracer's spans are no-ops: the hot path
+# reads the API's global (``get_tracer_provider()`` costs an ``os.environ`` lookup per call)
+# and skips creating them. Should that global ever disappear, spans are always created.
+_PROVIDER_GLOBAL = hasattr(trace, "_TRACER_PROVIDER")
+
+
+def _tracer_provider_set() -> bool:
+    """Whether an SDK tracer provider is installed (once set, it never changes)."""
+    return trace._TRACER_PROVIDER is not None
+
+
+def _monotonic(clock: Clock) -> Any:
+    """``clock.monotonic``, or :func:`time.monotonic` itself for the system clock (no wrapper)."""
+    return time.monotonic if type(clock) is SystemClock else clock.monotonic
 
 
 class _Held:
@@ -195,6 +213,11 @@ class Database:
         )
         self._read_only_error: type[BaseException] = apg.exceptions.ReadOnlySQLTransactionError
         self._tracer = _telemetry.tracer()
+        # a proxy tracer without an SDK makes no-op spans: skip creating them on the hot path
+        self._trace_always = not (_PROVIDER_GLOBAL and isinstance(self._tracer, trace.ProxyTracer))
+        self._now = _monotonic(clock)
+        self._balancer_now = _monotonic(balancer._clock)
+        self._same_clock = balancer._clock is clock
         meter = _telemetry.meter()
         self._reads = meter.create_counter(
             "scalekit.db.reads", unit="{read}", description="Reads, by the role that served them"
@@ -217,6 +240,7 @@ class Database:
             role: {"db.system.name": "postgresql", "scalekit.db.role": role}
             for role in ("primary", "replica")
         }
+        self._replica_attrs = self._role_attrs["replica"]
         self._default_reads = Handle(self, "replica")
         self._primary_handle = Handle(self, "primary")
 
@@ -466,6 +490,94 @@ class Database:
     ) -> Any:
         scope = self._scope.get()
         need = scope.lsn if scope is not None else 0
+        if max_lag is not None:
+            return await self._read_routed(method, query, args, kw, max_lag, need)
+        # The hot path, inlined: choose a replica and check its replayed position in one
+        # synchronous step (no await between), count the call on the balancer's node without a
+        # Lease object, reuse one clock reading for the balancer and the duration metric, and
+        # skip span creation while tracing is a no-op.
+        balancer = self._balancer
+        now = self._balancer_now()
+        node = balancer._choose_node(None, now)
+        if node is None or node.endpoint.replay_lsn < need:
+            return await self._read_routed(method, query, args, kw, None, need)
+        replica: _Server = node.endpoint
+        pool = replica.pool
+        node.outstanding += 1
+        span = (
+            self._start_span(method, query, replica)
+            if self._trace_always or trace._TRACER_PROVIDER is not None
+            else None
+        )
+        started = now if self._same_clock else self._now()
+        try:
+            if pool is None:
+                raise _Unavailable(f"{replica.name} has no pool (it was unreachable)")
+            replica.in_use += 1
+            try:
+                # see _acquire: with a free slot asyncpg does not queue, so no timeout object
+                if replica.in_use <= self._max_size:
+                    conn = await pool.acquire()
+                else:
+                    async with asyncio.timeout(self._acquire_timeout):
+                        conn = await pool.acquire()
+            except BaseException:
+                replica.in_use -= 1
+                raise
+            try:
+                result = await getattr(conn, method)(query, *args, **kw)
+            finally:
+                try:
+                    await pool.release(conn)
+                except Exception:  # a broken connection: the pool replaces it
+                    _log.debug("release failed on %s", replica.name, exc_info=True)
+                finally:
+                    replica.in_use -= 1
+        except BaseException as exc:
+            failed = isinstance(exc, self._conn_errors)
+            balancer._finish(node, now, self._balancer_now(), not failed)
+            self._end_span_error(span, exc)
+            if not failed:
+                raise
+            return await self._read_again(replica, exc, method, query, args, kw, need)
+        end = self._balancer_now()
+        balancer._finish(node, now, end, True)
+        attrs = self._replica_attrs
+        self._duration.record((end if self._same_clock else self._now()) - started, attrs)
+        self._reads.add(1, attrs)
+        if span is not None:
+            span.end()
+        return result
+
+    async def _read_again(
+        self,
+        replica: _Server,
+        exc: BaseException,
+        method: str,
+        query: str,
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+        need: int,
+    ) -> Any:
+        """After a connection-level failure on ``replica``: one more replica, then the primary."""
+        self._replica_failed(replica, exc)
+        other = self._choose(need, None)
+        if other is not None:
+            try:
+                return await self._run_on_replica(other, None, method, query, args, kw)
+            except self._conn_errors as exc2:
+                self._replica_failed(other, exc2)
+        return await self._read_primary(method, query, args, kw, "replica_failed")
+
+    async def _read_routed(
+        self,
+        method: str,
+        query: str,
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+        max_lag: float | None,
+        need: int,
+    ) -> Any:
         replica = self._choose(need, max_lag)
         if replica is not None:
             try:
@@ -783,6 +895,8 @@ class Database:
     # -- telemetry ------------------------------------------------------------------------------
 
     def _start_span(self, method: str, query: str, server: _Server) -> Any:
+        if not (self._trace_always or _tracer_provider_set()):
+            return None
         span = self._tracer.start_span("postgresql", kind=SpanKind.CLIENT)
         if not span.is_recording():
             return None
