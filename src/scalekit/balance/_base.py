@@ -445,12 +445,27 @@ class Balancer(Generic[T]):
         """
         node.outstanding -= 1
         latency = now - started
-        if success and latency >= node.ewma:  # the common case of _record, inlined
-            node.ewma = latency
-            node.ewma_at = now
-            node.failures = 0
-        else:
+        if not success or latency < 0:
             self._record(node, latency, success, now)
+            return
+        # the success case of _record, inlined
+        ewma = node.ewma
+        if latency >= ewma:
+            node.ewma = latency
+        else:
+            w = math.exp((node.ewma_at - now) / self._decay_time)
+            node.ewma = ewma * w + latency * (1.0 - w)
+        node.ewma_at = now
+        node.failures = 0
+
+    def _choose_any(self, now: float) -> _Node[T] | None:
+        """Internal: :meth:`_choose_node` without a filter, one call shorter (a hot path)."""
+        candidates = self._candidates if now < self._valid_until else self._refresh(now)
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            return None
+        return self._pick(candidates, now)
 
     def _none_message(self) -> str:
         if not self._order:

@@ -22,7 +22,7 @@ from scalekit.balance import Balancer, PowerOfTwoChoices
 from scalekit.clock import SYSTEM_CLOCK, Clock, SystemClock
 from scalekit.db._consistency import ConsistencyScope, TokenCodec, _Scope
 from scalekit.db._replica import ReplicaStatus, _Server
-from scalekit.db.handles import _WRITE_LSN, Handle, Transaction, _Connection, _Unavailable
+from scalekit.db.handles import _NO_KW, _WRITE_LSN, Handle, Transaction, _Connection, _Unavailable
 from scalekit.errors import (
     ConfigurationError,
     DatabaseError,
@@ -498,7 +498,7 @@ class Database:
         # skip span creation while tracing is a no-op.
         balancer = self._balancer
         now = self._balancer_now()
-        node = balancer._choose_node(None, now)
+        node = balancer._choose_any(now)
         if node is None or node.endpoint.replay_lsn < need:
             return await self._read_routed(method, query, args, kw, None, need)
         replica: _Server = node.endpoint
@@ -944,7 +944,8 @@ class Database:
         max_lag: float | None = None,
     ) -> list[Any]:
         """Read every row from a replica (see :meth:`replica`)."""
-        result: list[Any] = await self._read("fetch", query, args, {"timeout": timeout}, max_lag)
+        kw = _NO_KW if timeout is None else {"timeout": timeout}
+        result: list[Any] = await self._read("fetch", query, args, kw, max_lag)
         return result
 
     async def fetchrow(
@@ -955,7 +956,8 @@ class Database:
         max_lag: float | None = None,
     ) -> Any:
         """Read the first row (or ``None``) from a replica (see :meth:`replica`)."""
-        return await self._read("fetchrow", query, args, {"timeout": timeout}, max_lag)
+        kw = _NO_KW if timeout is None else {"timeout": timeout}
+        return await self._read("fetchrow", query, args, kw, max_lag)
 
     async def fetchval(
         self,
@@ -966,7 +968,7 @@ class Database:
         max_lag: float | None = None,
     ) -> Any:
         """Read one value (or ``None``) from a replica (see :meth:`replica`)."""
-        kw = {"column": column, "timeout": timeout}
+        kw = _NO_KW if column == 0 and timeout is None else {"column": column, "timeout": timeout}
         return await self._read("fetchval", query, args, kw, max_lag)
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109

@@ -18,6 +18,9 @@ __all__ = ["Handle", "Transaction"]
 
 _WRITE_LSN = "SELECT pg_current_wal_lsn()"
 
+# the keyword arguments of a call that passes only the driver's defaults (never mutated)
+_NO_KW: dict[str, Any] = {}
+
 _Connection = Any  # asyncpg.Connection / PoolConnectionProxy; Any keeps asyncpg optional
 
 
@@ -54,12 +57,14 @@ class Handle:
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:  # noqa: ASYNC109
         """Run a query and return every row (``asyncpg.Record`` objects)."""
-        result: list[Any] = await self._call("fetch", query, args, {"timeout": timeout})
+        kw = _NO_KW if timeout is None else {"timeout": timeout}
+        result: list[Any] = await self._call("fetch", query, args, kw)
         return result
 
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
         """Run a query and return its first row, or ``None``."""
-        return await self._call("fetchrow", query, args, {"timeout": timeout})
+        kw = _NO_KW if timeout is None else {"timeout": timeout}
+        return await self._call("fetchrow", query, args, kw)
 
     async def fetchval(
         self,
@@ -69,7 +74,8 @@ class Handle:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Any:
         """Run a query and return one value of its first row, or ``None``."""
-        return await self._call("fetchval", query, args, {"column": column, "timeout": timeout})
+        kw = _NO_KW if column == 0 and timeout is None else {"column": column, "timeout": timeout}
+        return await self._call("fetchval", query, args, kw)
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
         """Run a statement and return its status string (e.g. ``"INSERT 0 1"``)."""
