@@ -261,3 +261,23 @@ def test_least_outstanding_always_picks_a_minimum(outstanding: list[int]) -> Non
             balancer.lease_on(i)
     for _ in range(10):
         assert outstanding[balancer.choose()] == min(outstanding)
+
+
+@pytest.mark.parametrize("success", [True, False])
+@pytest.mark.parametrize("latencies", [[0.5, 0.1, 0.2], [0.1, 0.5, 0.05], [0.3]])
+def test_internal_finish_matches_a_lease_release(success: bool, latencies: list[float]) -> None:
+    # scalekit.db counts calls with _choose_any/_finish instead of Lease objects: same outcome
+    clocks = ManualClock(), ManualClock()
+    by_lease = PowerOfTwoChoices(["a"], failure_threshold=2, clock=clocks[0])
+    by_finish = PowerOfTwoChoices(["a"], failure_threshold=2, clock=clocks[1])
+    for latency in latencies:
+        lease = by_lease.lease()
+        node = by_finish._choose_any(clocks[1].monotonic())
+        assert node is not None
+        node.outstanding += 1
+        started = clocks[1].monotonic()
+        for clock in clocks:
+            clock.set(clock.monotonic() + latency)
+        lease.release(success=success)
+        by_finish._finish(node, started, clocks[1].monotonic(), success)
+        assert by_finish.snapshot() == by_lease.snapshot()
