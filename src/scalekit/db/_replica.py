@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -46,9 +48,9 @@ class _Server:
         "available",
         "checked_at",
         "dsn",
+        "free",
         "good_checks",
         "host",
-        "in_use",
         "lag",
         "monitor",
         "name",
@@ -57,9 +59,11 @@ class _Server:
         "reason",
         "replay_lsn",
         "role",
+        "timer",
+        "waiters",
     )
 
-    def __init__(self, dsn: str, role: Role) -> None:
+    def __init__(self, dsn: str, role: Role, slots: int = 10) -> None:
         self.dsn = dsn
         self.role: Role = role
         self.name = redact_url(dsn)
@@ -70,7 +74,12 @@ class _Server:
         except ValueError:
             self.port = 5432
         self.pool: asyncpg.Pool[Any] | None = None
-        self.in_use = 0  # connections acquired through the Database and not yet released
+        # The connection gate: ``free`` turns (one per pooled connection); callers beyond them
+        # queue here, FIFO, each with a deadline. Deadlines grow with the queue, so ONE timer,
+        # armed for the oldest waiter, bounds every wait: no per-call timeout object.
+        self.free = slots
+        self.waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
         self.monitor: Any = None  # the health monitor's own connection
         self.available = False
         self.good_checks = 0
@@ -87,6 +96,58 @@ class _Server:
         database = parts.path.lstrip("/")
         if database:
             self.attributes["db.namespace"] = database
+
+    async def wait_turn(self, seconds: float) -> None:
+        """Wait (FIFO) until a holder passes its turn on; only called when ``free`` is 0.
+
+        Raises:
+            TimeoutError: no turn within ``seconds`` (the pool is exhausted).
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        deadline = loop.time() + seconds
+        self.waiters.append((deadline, fut))
+        if self.timer is None:
+            self.timer = loop.call_at(deadline, self._expire, deadline, seconds)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.pass_turn()  # granted, then cancelled before it ran: hand the turn on
+            raise
+
+    def pass_turn(self) -> None:
+        """A holder is done: hand its turn to the oldest live waiter, else free it."""
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()[1]
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+    def _expire(self, when: float, timeout: float) -> None:
+        self.timer = None
+        waiters = self.waiters
+        while waiters and (waiters[0][0] <= when or waiters[0][1].done()):
+            fut = waiters.popleft()[1]
+            if not fut.done():
+                fut.set_exception(
+                    TimeoutError(
+                        f"no connection to {self.name} within acquire_timeout={timeout:g}s: every "
+                        "pooled connection is in use; raise max_size or retry later"
+                    )
+                )
+        if waiters:
+            self.timer = asyncio.get_running_loop().call_at(
+                waiters[0][0], self._expire, waiters[0][0], timeout
+            )
+
+    def close_gate(self) -> None:
+        """Cancel the gate's timer (the Database is closing)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def staleness(self, now: float) -> float:
         """An upper bound on how stale this replica's data may be now, in seconds."""

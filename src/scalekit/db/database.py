@@ -167,8 +167,8 @@ class Database:
         elif len(balancer):
             raise ConfigurationError("pass an empty balancer: the Database adds its replicas")
         self._candidates = candidates
-        self._primary: _Server = _Server(candidates[0], "primary")
-        self._replicas = [_Server(dsn, "replica") for dsn in replicas]
+        self._primary: _Server = _Server(candidates[0], "primary", max_size)
+        self._replicas = [_Server(dsn, "replica", max_size) for dsn in replicas]
         self._balancer: Balancer[_Server] = balancer
         for replica in self._replicas:
             balancer.add(replica)
@@ -280,6 +280,7 @@ class Database:
         await asyncio.gather(*tasks, return_exceptions=True)
         for server in (self._primary, *self._replicas):
             self._drop_monitor(server)
+            server.close_gate()
         await asyncio.gather(
             *(self._close_pool(s.pool) for s in (self._primary, *self._replicas) if s.pool),
             return_exceptions=True,
@@ -351,7 +352,7 @@ class Database:
         if current.pool is not None and current.dsn == found:
             await current.pool.expire_connections()  # same address, maybe a different server now
             return
-        server = _Server(found, "primary")
+        server = _Server(found, "primary", self._max_size)
         server.pool = await self._create_pool(found)
         self._primary = server
         if current.pool is not None:
@@ -397,18 +398,19 @@ class Database:
         pool = server.pool
         if pool is None:
             raise _Unavailable(f"{server.name} has no pool (it was unreachable)")
-        # Reserve a slot first: while at most max_size callers hold or await a connection of
-        # this pool, asyncpg hands each a free one without queueing (opening it, if needed, is
-        # bounded by connect_timeout), so the timeout, about 5 us per call, can be skipped.
-        server.in_use += 1
+        # Take a turn at the server's gate first: while at most max_size callers hold or await a
+        # connection of this pool, asyncpg hands each a free one without queueing (opening it,
+        # if needed, is bounded by connect_timeout), so pool.acquire() needs no timeout; callers
+        # beyond that wait at the gate, bounded by acquire_timeout with one shared timer rather
+        # than an asyncio.timeout (a timer armed and cancelled) per call.
+        if server.free:
+            server.free -= 1
+        else:
+            await server.wait_turn(self._acquire_timeout)
         try:
-            if server.in_use <= self._max_size:
-                conn = await pool.acquire()
-            else:
-                async with asyncio.timeout(self._acquire_timeout):
-                    conn = await pool.acquire()
+            conn = await pool.acquire()
         except BaseException:
-            server.in_use -= 1
+            server.pass_turn()
             raise
         return conn
 
@@ -423,7 +425,7 @@ class Database:
         except Exception:  # a broken connection: the pool replaces it
             _log.debug("release failed on %s", server.name, exc_info=True)
         finally:
-            server.in_use -= 1
+            server.pass_turn()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -513,16 +515,15 @@ class Database:
         try:
             if pool is None:
                 raise _Unavailable(f"{replica.name} has no pool (it was unreachable)")
-            replica.in_use += 1
+            # the gate of _acquire, inlined
+            if replica.free:
+                replica.free -= 1
+            else:
+                await replica.wait_turn(self._acquire_timeout)
             try:
-                # see _acquire: with a free slot asyncpg does not queue, so no timeout object
-                if replica.in_use <= self._max_size:
-                    conn = await pool.acquire()
-                else:
-                    async with asyncio.timeout(self._acquire_timeout):
-                        conn = await pool.acquire()
+                conn = await pool.acquire()
             except BaseException:
-                replica.in_use -= 1
+                replica.pass_turn()
                 raise
             try:
                 result = await getattr(conn, method)(query, *args, **kw)
@@ -532,7 +533,7 @@ class Database:
                 except Exception:  # a broken connection: the pool replaces it
                     _log.debug("release failed on %s", replica.name, exc_info=True)
                 finally:
-                    replica.in_use -= 1
+                    replica.pass_turn()
         except BaseException as exc:
             failed = isinstance(exc, self._conn_errors)
             balancer._finish(node, now, self._balancer_now(), not failed)
