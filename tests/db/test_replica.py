@@ -36,7 +36,6 @@ async def test_turns_are_bounded_and_handed_on_in_fifo_order() -> None:
     for _ in range(2):  # the two holders left (waiters 1 and 2) finish
         server.pass_turn()
     assert server.free == 2
-    server.close_gate()
 
 
 async def test_waiters_time_out_with_a_clear_error_and_one_timer() -> None:
@@ -75,7 +74,6 @@ async def test_a_cancelled_waiter_holds_no_turn() -> None:
     assert server.free == 0
     server.pass_turn()
     assert server.free == 1
-    server.close_gate()
 
 
 async def test_a_waiter_cancelled_after_its_turn_was_granted_hands_it_on() -> None:
@@ -91,4 +89,3 @@ async def test_a_waiter_cancelled_after_its_turn_was_granted_hands_it_on() -> No
     await nxt  # the turn reached the next waiter instead of being lost
     server.pass_turn()
     assert server.free == 1
-    server.close_gate()

@@ -143,12 +143,6 @@ class _Server:
                 waiters[0][0], self._expire, waiters[0][0], timeout
             )
 
-    def close_gate(self) -> None:
-        """Cancel the gate's timer (the Database is closing)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
     def staleness(self, now: float) -> float:
         """An upper bound on how stale this replica's data may be now, in seconds."""
         return self.lag + (now - self.checked_at)

@@ -279,8 +279,7 @@ class Database:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for server in (self._primary, *self._replicas):
-            self._drop_monitor(server)
-            server.close_gate()
+            self._drop_monitor(server)  # the gate's timer stays: waiters still time out
         await asyncio.gather(
             *(self._close_pool(s.pool) for s in (self._primary, *self._replicas) if s.pool),
             return_exceptions=True,
