@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,51 @@ class ProducerStats:
     republished: int
     failed: int
     in_flight: int
+
+
+class _Window:
+    """A FIFO counting semaphore whose release is O(1).
+
+    ``asyncio.Semaphore`` (3.11, 3.12) scans its waiters from the front on every release and
+    skips the ones already woken; when a burst of confirms frees hundreds of slots in one loop
+    iteration that scan is quadratic (it was a tenth of the client's CPU at 512 in flight).
+    Here a release hands its slot straight to the oldest live waiter, and each waiter future is
+    popped exactly once.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        return self._free <= 0 or bool(self._waiters)
+
+    def try_acquire(self) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot, then cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():  # skip waiters that timed out or were cancelled
+                fut.set_result(None)
+                return
+        self._free += 1
 
 
 class Producer:
@@ -90,7 +136,7 @@ class Producer:
         self.schema_version = schema_version
         self.mandatory = mandatory
         self._clock = clock
-        self._window = asyncio.Semaphore(max_in_flight)
+        self._window = _Window(max_in_flight)
         self._specs: dict[str, QueueSpec] = {}
         self._confirmed = 0
         self._republished = 0
@@ -228,11 +274,9 @@ class Producer:
         deadline = start + budget
         attempts = 0
         try:
-            if self._window.locked():  # the window is full: wait, but not past the budget
+            if not self._window.try_acquire():  # the window is full: wait, not past the budget
                 async with asyncio.timeout(budget):
                     await self._window.acquire()
-            else:
-                await self._window.acquire()
         except TimeoutError:
             self._failed += 1
             raise PublishTimeoutError(
