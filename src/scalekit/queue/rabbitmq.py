@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -118,8 +117,12 @@ class _Batcher:
         self.channel = channel
         self._publish = aiormq.spec.Basic.Publish
         self._header = require("pamqp.header").ContentHeader
+        self._marshal = require("pamqp.frame").marshal
         self._frame = aiormq.abc.ChannelFrame
         self._max_batch = max_batch
+        # The method frame of basic.publish depends only on (exchange, routing key, mandatory):
+        # marshal it once per destination instead of once per message.
+        self._method_frames: dict[tuple[str, str, bool], bytes] = {}
         self.items: list[tuple[asyncio.Future[Any], bytes, str, str, Any, bool]] = []
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
@@ -134,39 +137,56 @@ class _Batcher:
         self._wake.set()
         return fut
 
-    def _forget(self, message_id: str, tag: int, _: asyncio.Future[Any]) -> None:
+    def forget(self, message_id: str, fut: asyncio.Future[Any]) -> None:
+        """Drop the message-id → delivery-tag entry of a settled publish (returns use it).
+
+        A basic.return always arrives before the confirm of the same message, so once ``fut`` is
+        no longer the pending confirmation of the tag, the entry is no longer needed; an entry
+        that belongs to a later publish of the same message id (its own pending future) stays.
+        """
         ids = self.channel.message_id_delivery_tag
-        if ids.get(message_id) == tag:
+        tag = ids.get(message_id)
+        if tag is not None and self.channel.confirmations.get(tag, fut) is fut:
             del ids[message_id]
+
+    def _method_frame(self, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+        key = (exchange, routing_key, mandatory)
+        frame = self._method_frames.get(key)
+        if frame is None:
+            if len(self._method_frames) >= 1024:  # bounded: many distinct routing keys
+                self._method_frames.clear()
+            frame = self._method_frames[key] = self._marshal(
+                self._publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
+                self.channel.number,
+            )
+        return frame
 
     async def _run(self) -> None:
         ch = self.channel
+        marshal = self._marshal
+        header = self._header
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self.items:
                 batch = self.items[: self._max_batch]
                 del self.items[: self._max_batch]
-                frames: list[Any] = []
+                number = ch.number
+                parts: list[bytes] = []
                 for fut, body, exchange, routing_key, props, mandatory in batch:
                     if fut.done():  # timed out or cancelled before it was sent
                         continue
                     ch.delivery_tag += 1
                     tag = ch.delivery_tag
                     ch.confirmations[tag] = fut
-                    message_id = props.message_id
-                    ch.message_id_delivery_tag[message_id] = tag
-                    fut.add_done_callback(functools.partial(self._forget, message_id, tag))
-                    frames.append(
-                        self._publish(
-                            exchange=exchange, routing_key=routing_key, mandatory=mandatory
-                        )
-                    )
-                    frames.append(self._header(properties=props, body_size=len(body)))
-                    frames.extend(ch._split_body(body))
-                if frames:
+                    ch.message_id_delivery_tag[props.message_id] = tag
+                    parts.append(self._method_frame(exchange, routing_key, mandatory))
+                    parts.append(marshal(header(properties=props, body_size=len(body)), number))
+                    for chunk in ch._split_body(body):
+                        parts.append(marshal(chunk, number))
+                if parts:
                     await ch.write_queue.put(
-                        self._frame.marshall(channel_number=ch.number, frames=frames)
+                        self._frame(payload=b"".join(parts), should_close=False)
                     )
 
     def close(self) -> None:
@@ -616,11 +636,10 @@ class RabbitMQBroker(Broker):
             if batcher is not None:
                 batcher.close()
             batcher = self._batcher = _Batcher(channel, self._aiormq)
+        fut = batcher.submit(message.body, exchange, message.routing_key, props, mandatory)
         try:
             async with asyncio.timeout(timeout):
-                result = await batcher.submit(
-                    message.body, exchange, message.routing_key, props, mandatory
-                )
+                result = await fut
         except asyncio.CancelledError:
             if task not in self._aborted:
                 raise
@@ -646,6 +665,7 @@ class RabbitMQBroker(Broker):
             ) from exc
         finally:
             self._publishing.discard(task)
+            batcher.forget(message.message_id, fut)
         if isinstance(result, self._aiormq.abc.DeliveredMessage):
             raise UnroutableError(
                 f"RabbitMQ returned message {message.message_id}: no queue is bound for routing "
