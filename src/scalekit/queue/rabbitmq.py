@@ -177,9 +177,16 @@ class _Batcher:
         self._method_frames: dict[tuple[str, str, bool], bytes] = {}
         self.items: list[tuple[asyncio.Future[Any], bytes, str, str, bytes, str, bool]] = []
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="scalekit.queue.rabbitmq.batcher"
-        )
+        loop = asyncio.get_running_loop()
+        self._create_future = loop.create_future
+        # Confirm futures are plain loop futures kept in ``pending`` (the publishing task drops
+        # its own in ``forget``): registering each in aiormq's future stores costs three done
+        # callbacks per message. One sentinel in the channel's store carries the channel's close
+        # reason to every pending publish instead, as aiormq's ``reject_all`` would.
+        self.pending: set[asyncio.Future[Any]] = set()
+        self._sentinel: asyncio.Future[Any] = channel.create_future()
+        self._sentinel.add_done_callback(self._on_channel_closed)
+        self._task = loop.create_task(self._run(), name="scalekit.queue.rabbitmq.batcher")
 
     def submit(
         self,
@@ -190,7 +197,16 @@ class _Batcher:
         message_id: str,
         mandatory: bool,
     ) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self.channel.create_future()
+        fut: asyncio.Future[Any] = self._create_future()
+        sentinel = self._sentinel
+        if sentinel.done():  # the channel is already closed
+            fut.set_exception(
+                ConnectionLostError("the channel closed before sending")
+                if sentinel.cancelled()
+                else sentinel.exception() or ConnectionLostError("the channel closed")
+            )
+            return fut
+        self.pending.add(fut)
         self.items.append((fut, body, exchange, routing_key, header_frame, message_id, mandatory))
         self._wake.set()
         return fut
@@ -202,10 +218,20 @@ class _Batcher:
         no longer the pending confirmation of the tag, the entry is no longer needed; an entry
         that belongs to a later publish of the same message id (its own pending future) stays.
         """
+        self.pending.discard(fut)
         ids = self.channel.message_id_delivery_tag
         tag = ids.get(message_id)
         if tag is not None and self.channel.confirmations.get(tag, fut) is fut:
             del ids[message_id]
+
+    def _on_channel_closed(self, sentinel: asyncio.Future[Any]) -> None:
+        if sentinel.cancelled():  # close() of the batcher, not of the channel
+            return
+        exc = sentinel.exception() or ConnectionLostError("the channel closed")
+        pending, self.pending = self.pending, set()
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(exc)
 
     def _method_frame(self, exchange: str, routing_key: str, mandatory: bool) -> bytes:
         key = (exchange, routing_key, mandatory)
@@ -248,10 +274,12 @@ class _Batcher:
 
     def close(self) -> None:
         self._task.cancel()
-        items, self.items = self.items, []
-        for fut, *_ in items:
+        self._sentinel.cancel()
+        self.items = []
+        pending, self.pending = self.pending, set()
+        for fut in pending:  # queued or sent and unconfirmed: the producer republishes them
             if not fut.done():
-                fut.set_exception(ConnectionLostError("the channel closed before sending"))
+                fut.set_exception(ConnectionLostError("the publishing channel was replaced"))
 
 
 class _RabbitSubscription(Subscription):
