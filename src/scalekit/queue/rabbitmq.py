@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import math
 import random
 import struct
 from collections.abc import Sequence
@@ -186,6 +188,13 @@ class _Batcher:
         self.pending: set[asyncio.Future[Any]] = set()
         self._sentinel: asyncio.Future[Any] = channel.create_future()
         self._sentinel.add_done_callback(self._on_channel_closed)
+        # Deadlines of pending publishes: one loop timer for the earliest instead of an
+        # asyncio.timeout() (a TimerHandle, a Timeout and a task cancel) per message.
+        self._loop = loop
+        self._deadlines: list[tuple[float, int, asyncio.Future[Any]]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
         self._task = loop.create_task(self._run(), name="scalekit.queue.rabbitmq.batcher")
 
     def submit(
@@ -210,6 +219,33 @@ class _Batcher:
         self.items.append((fut, body, exchange, routing_key, header_frame, message_id, mandatory))
         self._wake.set()
         return fut
+
+    def expire_after(self, fut: asyncio.Future[Any], seconds: float) -> None:
+        """Fail ``fut`` with ``TimeoutError`` if it is still pending ``seconds`` from now."""
+        when = self._loop.time() + seconds
+        heap = self._deadlines
+        self._seq += 1
+        heapq.heappush(heap, (when, self._seq, fut))
+        if when < self._timer_when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(when, self._expire)
+            self._timer_when = when
+        if len(heap) > 4096 and len(heap) > 4 * len(self.pending):  # settled entries dominate
+            self._deadlines = [entry for entry in heap if not entry[2].done()]
+            heapq.heapify(self._deadlines)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_when = None, math.inf
+        heap = self._deadlines
+        now = self._loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            fut = heapq.heappop(heap)[2]
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+        if heap:
+            self._timer_when = heap[0][0]
+            self._timer = self._loop.call_at(self._timer_when, self._expire)
 
     def forget(self, message_id: str, fut: asyncio.Future[Any]) -> None:
         """Drop the message-id → delivery-tag entry of a settled publish (returns use it).
@@ -275,6 +311,9 @@ class _Batcher:
     def close(self) -> None:
         self._task.cancel()
         self._sentinel.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._deadlines = None, []
         self.items = []
         pending, self.pending = self.pending, set()
         for fut in pending:  # queued or sent and unconfirmed: the producer republishes them
@@ -731,9 +770,9 @@ class RabbitMQBroker(Broker):
         fut = batcher.submit(
             message.body, exchange, message.routing_key, header_frame, message.message_id, mandatory
         )
+        batcher.expire_after(fut, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                result = await fut
+            result = await fut
         except asyncio.CancelledError:
             if task not in self._aborted:
                 raise
