@@ -48,6 +48,11 @@ class ProducerStats:
     in_flight: int
 
 
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class _Window:
     """A FIFO counting semaphore whose release is O(1).
 
@@ -73,15 +78,20 @@ class _Window:
             return True
         return False
 
-    async def acquire(self) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def acquire(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait for a slot; ``TimeoutError`` after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         self._waiters.append(fut)
+        timer = loop.call_later(timeout, _expire, fut)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():  # handed a slot, then cancelled: pass it on
                 self.release()
             raise
+        finally:
+            timer.cancel()
 
     def release(self) -> None:
         waiters = self._waiters
@@ -275,8 +285,7 @@ class Producer:
         attempts = 0
         try:
             if not self._window.try_acquire():  # the window is full: wait, not past the budget
-                async with asyncio.timeout(budget):
-                    await self._window.acquire()
+                await self._window.acquire(budget)
         except TimeoutError:
             self._failed += 1
             raise PublishTimeoutError(
