@@ -120,6 +120,8 @@ def test_next_concurrency_rules() -> None:
         {"content_type": "text/plain", "correlation_id": "", "message_id": "é" * 100},
         {"headers": {}, "expiration_ms": 0, "body": b"x" * 200_000},
         {"message_id": "", "content_type": ""},
+        {"headers": {"b": "2", "a": "é"}},
+        {"headers": {"b": "2", "a": True}},
     ],
 )
 def test_content_header_frame_matches_pamqp(fields: dict[str, object]) -> None:

@@ -132,7 +132,7 @@ def _content_header_frame(channel: int, message: OutgoingMessage) -> bytes:
         props.append(_shortstr(message.content_type, "content type"))
     if message.headers:
         flags |= 0x2000
-        props.append(_field_table()(message.headers))
+        props.append(_encode_headers(message.headers))
     props.append(b"\x02" if message.persistent else b"\x01")
     if message.correlation_id:
         flags |= 0x0400
@@ -156,6 +156,26 @@ def _content_header_frame(channel: int, message: OutgoingMessage) -> bytes:
 @functools.cache
 def _field_table() -> Any:
     return require("pamqp.encode").field_table
+
+
+_TABLES: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+
+def _encode_headers(headers: dict[str, Any]) -> bytes:
+    """pamqp's field-table encoding, memoized for small all-string tables (the usual headers).
+
+    Only ``str`` values are cached: equal keys must mean equal bytes, and ``True == 1 == 1.0``
+    encode differently. Per-message values (a traceparent) just miss; the cache stays bounded.
+    """
+    if len(headers) > 4 or any(type(v) is not str for v in headers.values()):
+        return _field_table()(headers)  # type: ignore[no-any-return]
+    key = tuple(headers.items())
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= 256:
+            _TABLES.clear()
+        table = _TABLES[key] = _field_table()(headers)
+    return table
 
 
 class _Batcher:
