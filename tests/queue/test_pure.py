@@ -153,3 +153,29 @@ def test_content_header_frame_refuses_a_message_id_over_255_bytes() -> None:
     message = OutgoingMessage(routing_key="q", body=b"", message_id="x" * 256)
     with pytest.raises(ConfigurationError, match="message id"):
         _content_header_frame(1, message)
+
+
+async def test_window_hands_slots_in_order_and_times_out_each_waiter_on_its_own_deadline() -> None:
+    import asyncio
+
+    from scalekit.queue.producer import _Window
+
+    window = _Window(1)
+    assert window.try_acquire()
+    assert not window.try_acquire()
+    slow = asyncio.ensure_future(window.acquire(60.0))  # long deadline, first in line
+    fast = asyncio.ensure_future(window.acquire(0.01))  # shorter deadline, behind it
+    with pytest.raises(TimeoutError):
+        await fast  # expires on its own deadline although an earlier waiter outlives it
+    assert not slow.done()
+    cancelled = asyncio.ensure_future(window.acquire(60.0))
+    third = asyncio.ensure_future(window.acquire(60.0))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    window.release()  # to `slow`, the oldest live waiter
+    await slow
+    window.release()  # skips the cancelled waiter, goes to `third`
+    await third
+    assert cancelled.cancelled()
+    window.release()
+    assert window.try_acquire()  # the slot came back to the pool

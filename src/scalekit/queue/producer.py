@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,11 +50,6 @@ class ProducerStats:
     in_flight: int
 
 
-def _expire(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
 class _Window:
     """A FIFO counting semaphore whose release is O(1).
 
@@ -63,11 +60,16 @@ class _Window:
     popped exactly once.
     """
 
-    __slots__ = ("_free", "_waiters")
+    __slots__ = ("_deadlines", "_free", "_seq", "_timer", "_timer_when", "_waiters")
 
     def __init__(self, size: int) -> None:
         self._free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
+        # Deadlines of waiters on one loop timer (the earliest), not a TimerHandle per waiter.
+        self._deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
 
     def locked(self) -> bool:
         return self._free <= 0 or bool(self._waiters)
@@ -83,15 +85,38 @@ class _Window:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters.append(fut)
-        timer = loop.call_later(timeout, _expire, fut)
+        now = loop.time()
+        self._seq += 1
+        heap = self._deadlines
+        heapq.heappush(heap, (now + timeout, self._seq, fut))
+        # Reschedule for an earlier deadline, or when the timer is stale (its loop ended before
+        # it fired: a producer reused on a new event loop).
+        if heap[0][0] < self._timer_when or self._timer_when < now:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_when = heap[0][0]
+            self._timer = loop.call_at(self._timer_when, self._expire, loop)
+        if len(heap) > 1024 and len(heap) > 4 * len(self._waiters):  # mostly settled entries
+            self._deadlines = [entry for entry in heap if not entry[2].done()]
+            heapq.heapify(self._deadlines)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():  # handed a slot, then cancelled: pass it on
                 self.release()
             raise
-        finally:
-            timer.cancel()
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._timer_when = None, math.inf
+        heap = self._deadlines
+        now = loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            fut = heapq.heappop(heap)[2]
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+        if heap:
+            self._timer_when = heap[0][0]
+            self._timer = loop.call_at(self._timer_when, self._expire, loop)
 
     def release(self) -> None:
         waiters = self._waiters
