@@ -114,6 +114,7 @@ class _Window:
             fut = heapq.heappop(heap)[2]
             if not fut.done():
                 fut.set_exception(TimeoutError())
+                fut.exception()  # retrieved, even if its task is cancelled before it reads it
         if heap:
             self._timer_when = heap[0][0]
             self._timer = loop.call_at(self._timer_when, self._expire, loop)

@@ -178,6 +178,13 @@ def _encode_headers(headers: dict[str, Any]) -> bytes:
     return table
 
 
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    fut.set_exception(exc)
+    # Mark it retrieved: its task may be cancelled (a connection loss) before it reads it, and
+    # asyncio would log "Future exception was never retrieved". The awaiting task still gets it.
+    fut.exception()
+
+
 class _Batcher:
     """Coalesce the publishes of one loop iteration into one socket write.
 
@@ -262,7 +269,7 @@ class _Batcher:
         while heap and (heap[0][0] <= now or heap[0][2].done()):
             fut = heapq.heappop(heap)[2]
             if not fut.done():
-                fut.set_exception(TimeoutError())
+                _fail(fut, TimeoutError())
         if heap:
             self._timer_when = heap[0][0]
             self._timer = self._loop.call_at(self._timer_when, self._expire)
@@ -287,7 +294,7 @@ class _Batcher:
         pending, self.pending = self.pending, set()
         for fut in pending:
             if not fut.done():
-                fut.set_exception(exc)
+                _fail(fut, exc)
 
     def _method_frame(self, exchange: str, routing_key: str, mandatory: bool) -> bytes:
         key = (exchange, routing_key, mandatory)
@@ -338,7 +345,7 @@ class _Batcher:
         pending, self.pending = self.pending, set()
         for fut in pending:  # queued or sent and unconfirmed: the producer republishes them
             if not fut.done():
-                fut.set_exception(ConnectionLostError("the publishing channel was replaced"))
+                _fail(fut, ConnectionLostError("the publishing channel was replaced"))
 
 
 class _RabbitSubscription(Subscription):
