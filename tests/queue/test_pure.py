@@ -108,3 +108,74 @@ def test_next_concurrency_rules() -> None:
     assert next_concurrency(8, backlog=100, in_flight=8, latency=2, latency_limit=1, **kw) == 6
     assert next_concurrency(2, backlog=0, in_flight=0, latency=0, **kw) == 2
     assert next_concurrency(60, backlog=10, in_flight=60, latency=0, **kw) == 64
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"content_type": "application/json", "headers": {"x-schema-version": "1"}},
+        {"headers": {"traceparent": "00-ab-cd-01", "n": 3, "nested": {"k": [1, "é"]}}},
+        {"correlation_id": "corr-1", "expiration_ms": 1500, "persistent": False},
+        {"content_type": "text/plain", "correlation_id": "", "message_id": "é" * 100},
+        {"headers": {}, "expiration_ms": 0, "body": b"x" * 200_000},
+        {"message_id": "", "content_type": ""},
+        {"headers": {"b": "2", "a": "é"}},
+        {"headers": {"b": "2", "a": True}},
+    ],
+)
+def test_content_header_frame_matches_pamqp(fields: dict[str, object]) -> None:
+    from pamqp import frame, header
+    from pamqp.commands import Basic
+
+    from scalekit.queue._broker import OutgoingMessage
+    from scalekit.queue.rabbitmq import _content_header_frame
+
+    kwargs: dict[str, object] = {"routing_key": "q", "body": b"{}", "message_id": "m-1"}
+    kwargs.update(fields)
+    message = OutgoingMessage(**kwargs)  # type: ignore[arg-type]
+    props = Basic.Properties(
+        delivery_mode=2 if message.persistent else 1,
+        message_id=message.message_id,
+        headers=message.headers or None,
+        content_type=message.content_type,
+        correlation_id=message.correlation_id,
+        expiration=str(message.expiration_ms) if message.expiration_ms is not None else None,
+    )
+    expected = frame.marshal(header.ContentHeader(properties=props, body_size=len(message.body)), 7)
+    assert _content_header_frame(7, message) == expected
+
+
+def test_content_header_frame_refuses_a_message_id_over_255_bytes() -> None:
+    from scalekit.queue._broker import OutgoingMessage
+    from scalekit.queue.rabbitmq import _content_header_frame
+
+    message = OutgoingMessage(routing_key="q", body=b"", message_id="x" * 256)
+    with pytest.raises(ConfigurationError, match="message id"):
+        _content_header_frame(1, message)
+
+
+async def test_window_hands_slots_in_order_and_times_out_each_waiter_on_its_own_deadline() -> None:
+    import asyncio
+
+    from scalekit.queue.producer import _Window
+
+    window = _Window(1)
+    assert window.try_acquire()
+    assert not window.try_acquire()
+    slow = asyncio.ensure_future(window.acquire(60.0))  # long deadline, first in line
+    fast = asyncio.ensure_future(window.acquire(0.01))  # shorter deadline, behind it
+    with pytest.raises(TimeoutError):
+        await fast  # expires on its own deadline although an earlier waiter outlives it
+    assert not slow.done()
+    cancelled = asyncio.ensure_future(window.acquire(60.0))
+    third = asyncio.ensure_future(window.acquire(60.0))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    window.release()  # to `slow`, the oldest live waiter
+    await slow
+    window.release()  # skips the cancelled waiter, goes to `third`
+    await third
+    assert cancelled.cancelled()
+    window.release()
+    assert window.try_acquire()  # the slot came back to the pool

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +48,85 @@ class ProducerStats:
     republished: int
     failed: int
     in_flight: int
+
+
+class _Window:
+    """A FIFO counting semaphore whose release is O(1).
+
+    ``asyncio.Semaphore`` (3.11, 3.12) scans its waiters from the front on every release and
+    skips the ones already woken; when a burst of confirms frees hundreds of slots in one loop
+    iteration that scan is quadratic (it was a tenth of the client's CPU at 512 in flight).
+    Here a release hands its slot straight to the oldest live waiter, and each waiter future is
+    popped exactly once.
+    """
+
+    __slots__ = ("_deadlines", "_free", "_seq", "_timer", "_timer_when", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Deadlines of waiters on one loop timer (the earliest), not a TimerHandle per waiter.
+        self._deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
+
+    def locked(self) -> bool:
+        return self._free <= 0 or bool(self._waiters)
+
+    def try_acquire(self) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait for a slot; ``TimeoutError`` after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        now = loop.time()
+        self._seq += 1
+        heap = self._deadlines
+        heapq.heappush(heap, (now + timeout, self._seq, fut))
+        # Reschedule for an earlier deadline, or when the timer is stale (its loop ended before
+        # it fired: a producer reused on a new event loop).
+        if heap[0][0] < self._timer_when or self._timer_when < now:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_when = heap[0][0]
+            self._timer = loop.call_at(self._timer_when, self._expire, loop)
+        if len(heap) > 1024 and len(heap) > 4 * len(self._waiters):  # mostly settled entries
+            self._deadlines = [entry for entry in heap if not entry[2].done()]
+            heapq.heapify(self._deadlines)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot, then cancelled: pass it on
+                self.release()
+            raise
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._timer_when = None, math.inf
+        heap = self._deadlines
+        now = loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            fut = heapq.heappop(heap)[2]
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+                fut.exception()  # retrieved, even if its task is cancelled before it reads it
+        if heap:
+            self._timer_when = heap[0][0]
+            self._timer = loop.call_at(self._timer_when, self._expire, loop)
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():  # skip waiters that timed out or were cancelled
+                fut.set_result(None)
+                return
+        self._free += 1
 
 
 class Producer:
@@ -90,7 +172,7 @@ class Producer:
         self.schema_version = schema_version
         self.mandatory = mandatory
         self._clock = clock
-        self._window = asyncio.Semaphore(max_in_flight)
+        self._window = _Window(max_in_flight)
         self._specs: dict[str, QueueSpec] = {}
         self._confirmed = 0
         self._republished = 0
@@ -228,11 +310,8 @@ class Producer:
         deadline = start + budget
         attempts = 0
         try:
-            if self._window.locked():  # the window is full: wait, but not past the budget
-                async with asyncio.timeout(budget):
-                    await self._window.acquire()
-            else:
-                await self._window.acquire()
+            if not self._window.try_acquire():  # the window is full: wait, not past the budget
+                await self._window.acquire(budget)
         except TimeoutError:
             self._failed += 1
             raise PublishTimeoutError(

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import math
 import random
+import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -104,6 +107,84 @@ class _RabbitDelivery(Delivery):
         return True
 
 
+_HEADER_PREFIX = struct.Struct(">BHIHHQH")  # frame type, channel, size; class, weight, size, flags
+_FRAME_END = b"\xce"
+
+
+def _shortstr(value: str, name: str) -> bytes:
+    data = value.encode()
+    if len(data) > 255:
+        raise ConfigurationError(f"the {name} is {len(data)} bytes; AMQP allows at most 255")
+    return bytes((len(data),)) + data
+
+
+def _content_header_frame(channel: int, message: OutgoingMessage) -> bytes:
+    """The marshalled content-header frame of a ``basic.publish``, without pamqp's generic path.
+
+    Byte-for-byte what pamqp writes for these properties (``test_pure`` compares the two): the
+    property flags, then, in AMQP 0-9-1 order, content-type, headers, delivery-mode,
+    correlation-id, expiration and message-id. Messages with a timestamp take pamqp's path.
+    """
+    flags = 0x1000  # delivery-mode is always set
+    props: list[bytes] = []
+    if message.content_type:  # pamqp leaves empty strings out too
+        flags |= 0x8000
+        props.append(_shortstr(message.content_type, "content type"))
+    if message.headers:
+        flags |= 0x2000
+        props.append(_encode_headers(message.headers))
+    props.append(b"\x02" if message.persistent else b"\x01")
+    if message.correlation_id:
+        flags |= 0x0400
+        props.append(_shortstr(message.correlation_id, "correlation id"))
+    if message.expiration_ms is not None:
+        flags |= 0x0100
+        props.append(_shortstr(str(message.expiration_ms), "expiration"))
+    if message.message_id:
+        flags |= 0x0080
+        props.append(_shortstr(message.message_id, "message id"))
+    payload = b"".join(props)
+    return b"".join(
+        (
+            _HEADER_PREFIX.pack(2, channel, 14 + len(payload), 60, 0, len(message.body), flags),
+            payload,
+            _FRAME_END,
+        )
+    )
+
+
+@functools.cache
+def _field_table() -> Any:
+    return require("pamqp.encode").field_table
+
+
+_TABLES: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+
+def _encode_headers(headers: dict[str, Any]) -> bytes:
+    """pamqp's field-table encoding, memoized for small all-string tables (the usual headers).
+
+    Only ``str`` values are cached: equal keys must mean equal bytes, and ``True == 1 == 1.0``
+    encode differently. Per-message values (a traceparent) just miss; the cache stays bounded.
+    """
+    if len(headers) > 4 or any(type(v) is not str for v in headers.values()):
+        return _field_table()(headers)  # type: ignore[no-any-return]
+    key = tuple(headers.items())
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= 256:
+            _TABLES.clear()
+        table = _TABLES[key] = _field_table()(headers)
+    return table
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    fut.set_exception(exc)
+    # Mark it retrieved: its task may be cancelled (a connection loss) before it reads it, and
+    # asyncio would log "Future exception was never retrieved". The awaiting task still gets it.
+    fut.exception()
+
+
 class _Batcher:
     """Coalesce the publishes of one loop iteration into one socket write.
 
@@ -117,64 +198,154 @@ class _Batcher:
     def __init__(self, channel: Any, aiormq: Any, max_batch: int = 512) -> None:
         self.channel = channel
         self._publish = aiormq.spec.Basic.Publish
-        self._header = require("pamqp.header").ContentHeader
+        self._marshal = require("pamqp.frame").marshal
         self._frame = aiormq.abc.ChannelFrame
         self._max_batch = max_batch
-        self.items: list[tuple[asyncio.Future[Any], bytes, str, str, Any, bool]] = []
+        # The method frame of basic.publish depends only on (exchange, routing key, mandatory):
+        # marshal it once per destination instead of once per message.
+        self._method_frames: dict[tuple[str, str, bool], bytes] = {}
+        self.items: list[tuple[asyncio.Future[Any], bytes, str, str, bytes, str, bool]] = []
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="scalekit.queue.rabbitmq.batcher"
-        )
+        loop = asyncio.get_running_loop()
+        self._create_future = loop.create_future
+        # Confirm futures are plain loop futures kept in ``pending`` (the publishing task drops
+        # its own in ``forget``): registering each in aiormq's future stores costs three done
+        # callbacks per message. One sentinel in the channel's store carries the channel's close
+        # reason to every pending publish instead, as aiormq's ``reject_all`` would.
+        self.pending: set[asyncio.Future[Any]] = set()
+        self._sentinel: asyncio.Future[Any] = channel.create_future()
+        self._sentinel.add_done_callback(self._on_channel_closed)
+        # Deadlines of pending publishes: one loop timer for the earliest instead of an
+        # asyncio.timeout() (a TimerHandle, a Timeout and a task cancel) per message.
+        self._loop = loop
+        self._deadlines: list[tuple[float, int, asyncio.Future[Any]]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
+        self._task = loop.create_task(self._run(), name="scalekit.queue.rabbitmq.batcher")
 
     def submit(
-        self, body: bytes, exchange: str, routing_key: str, props: Any, mandatory: bool
+        self,
+        body: bytes,
+        exchange: str,
+        routing_key: str,
+        header_frame: bytes,
+        message_id: str,
+        mandatory: bool,
     ) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self.channel.create_future()
-        self.items.append((fut, body, exchange, routing_key, props, mandatory))
+        fut: asyncio.Future[Any] = self._create_future()
+        sentinel = self._sentinel
+        if sentinel.done():  # the channel is already closed
+            fut.set_exception(
+                ConnectionLostError("the channel closed before sending")
+                if sentinel.cancelled()
+                else sentinel.exception() or ConnectionLostError("the channel closed")
+            )
+            return fut
+        self.pending.add(fut)
+        self.items.append((fut, body, exchange, routing_key, header_frame, message_id, mandatory))
         self._wake.set()
         return fut
 
-    def _forget(self, message_id: str, tag: int, _: asyncio.Future[Any]) -> None:
+    def expire_after(self, fut: asyncio.Future[Any], seconds: float) -> None:
+        """Fail ``fut`` with ``TimeoutError`` if it is still pending ``seconds`` from now."""
+        when = self._loop.time() + seconds
+        heap = self._deadlines
+        self._seq += 1
+        heapq.heappush(heap, (when, self._seq, fut))
+        if when < self._timer_when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(when, self._expire)
+            self._timer_when = when
+        if len(heap) > 4096 and len(heap) > 4 * len(self.pending):  # settled entries dominate
+            self._deadlines = [entry for entry in heap if not entry[2].done()]
+            heapq.heapify(self._deadlines)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_when = None, math.inf
+        heap = self._deadlines
+        now = self._loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            fut = heapq.heappop(heap)[2]
+            if not fut.done():
+                _fail(fut, TimeoutError())
+        if heap:
+            self._timer_when = heap[0][0]
+            self._timer = self._loop.call_at(self._timer_when, self._expire)
+
+    def forget(self, message_id: str, fut: asyncio.Future[Any]) -> None:
+        """Drop the message-id → delivery-tag entry of a settled publish (returns use it).
+
+        A basic.return always arrives before the confirm of the same message, so once ``fut`` is
+        no longer the pending confirmation of the tag, the entry is no longer needed; an entry
+        that belongs to a later publish of the same message id (its own pending future) stays.
+        """
+        self.pending.discard(fut)
         ids = self.channel.message_id_delivery_tag
-        if ids.get(message_id) == tag:
+        tag = ids.get(message_id)
+        if tag is not None and self.channel.confirmations.get(tag, fut) is fut:
             del ids[message_id]
+
+    def _on_channel_closed(self, sentinel: asyncio.Future[Any]) -> None:
+        if sentinel.cancelled():  # close() of the batcher, not of the channel
+            return
+        exc = sentinel.exception() or ConnectionLostError("the channel closed")
+        pending, self.pending = self.pending, set()
+        for fut in pending:
+            if not fut.done():
+                _fail(fut, exc)
+
+    def _method_frame(self, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+        key = (exchange, routing_key, mandatory)
+        frame = self._method_frames.get(key)
+        if frame is None:
+            if len(self._method_frames) >= 1024:  # bounded: many distinct routing keys
+                self._method_frames.clear()
+            frame = self._method_frames[key] = self._marshal(
+                self._publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
+                self.channel.number,
+            )
+        return frame
 
     async def _run(self) -> None:
         ch = self.channel
+        marshal = self._marshal
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self.items:
                 batch = self.items[: self._max_batch]
                 del self.items[: self._max_batch]
-                frames: list[Any] = []
-                for fut, body, exchange, routing_key, props, mandatory in batch:
+                number = ch.number
+                parts: list[bytes] = []
+                for fut, body, exchange, routing_key, header_frame, message_id, mandatory in batch:
                     if fut.done():  # timed out or cancelled before it was sent
                         continue
                     ch.delivery_tag += 1
                     tag = ch.delivery_tag
                     ch.confirmations[tag] = fut
-                    message_id = props.message_id
                     ch.message_id_delivery_tag[message_id] = tag
-                    fut.add_done_callback(functools.partial(self._forget, message_id, tag))
-                    frames.append(
-                        self._publish(
-                            exchange=exchange, routing_key=routing_key, mandatory=mandatory
-                        )
-                    )
-                    frames.append(self._header(properties=props, body_size=len(body)))
-                    frames.extend(ch._split_body(body))
-                if frames:
+                    parts.append(self._method_frame(exchange, routing_key, mandatory))
+                    parts.append(header_frame)
+                    for chunk in ch._split_body(body):
+                        parts.append(marshal(chunk, number))
+                if parts:
                     await ch.write_queue.put(
-                        self._frame.marshall(channel_number=ch.number, frames=frames)
+                        self._frame(payload=b"".join(parts), should_close=False)
                     )
 
     def close(self) -> None:
         self._task.cancel()
-        items, self.items = self.items, []
-        for fut, *_ in items:
+        self._sentinel.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._deadlines = None, []
+        self.items = []
+        pending, self.pending = self.pending, set()
+        for fut in pending:  # queued or sent and unconfirmed: the producer republishes them
             if not fut.done():
-                fut.set_exception(ConnectionLostError("the channel closed before sending"))
+                _fail(fut, ConnectionLostError("the publishing channel was replaced"))
 
 
 class _RabbitSubscription(Subscription):
@@ -247,6 +418,8 @@ class RabbitMQBroker(Broker):
     ) -> None:
         self._aio_pika = require("aio_pika")
         self._aiormq = require("aiormq")
+        self._pamqp_frame = require("pamqp.frame")
+        self._pamqp_header = require("pamqp.header")
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ConfigurationError("RabbitMQBroker needs at least one amqp:// URL")
@@ -591,19 +764,24 @@ class RabbitMQBroker(Broker):
             except TimeoutError:
                 raise ConnectionLostError("no RabbitMQ channel could be opened in time") from None
         spec = self._aiormq.spec
-        props = spec.Basic.Properties(
-            delivery_mode=2 if message.persistent else 1,
-            message_id=message.message_id,
-            headers=message.headers or None,
-            content_type=message.content_type,
-            correlation_id=message.correlation_id,
-            expiration=str(message.expiration_ms) if message.expiration_ms is not None else None,
-            timestamp=(
-                datetime.fromtimestamp(message.timestamp, tz=UTC)
-                if message.timestamp is not None
-                else None
-            ),
-        )
+        if message.timestamp is None:
+            header_frame = _content_header_frame(channel.number, message)
+        else:  # rare: let pamqp encode the timestamp exactly as it always did
+            props = spec.Basic.Properties(
+                delivery_mode=2 if message.persistent else 1,
+                message_id=message.message_id,
+                headers=message.headers or None,
+                content_type=message.content_type,
+                correlation_id=message.correlation_id,
+                expiration=(
+                    str(message.expiration_ms) if message.expiration_ms is not None else None
+                ),
+                timestamp=datetime.fromtimestamp(message.timestamp, tz=UTC),
+            )
+            header_frame = self._pamqp_frame.marshal(
+                self._pamqp_header.ContentHeader(properties=props, body_size=len(message.body)),
+                channel.number,
+            )
         exchange = self.exchange if message.exchange is None else message.exchange
         errors = self._aiormq.exceptions
         if len(message.routing_key.encode()) > 255:
@@ -616,11 +794,12 @@ class RabbitMQBroker(Broker):
             if batcher is not None:
                 batcher.close()
             batcher = self._batcher = _Batcher(channel, self._aiormq)
+        fut = batcher.submit(
+            message.body, exchange, message.routing_key, header_frame, message.message_id, mandatory
+        )
+        batcher.expire_after(fut, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                result = await batcher.submit(
-                    message.body, exchange, message.routing_key, props, mandatory
-                )
+            result = await fut
         except asyncio.CancelledError:
             if task not in self._aborted:
                 raise
@@ -646,6 +825,7 @@ class RabbitMQBroker(Broker):
             ) from exc
         finally:
             self._publishing.discard(task)
+            batcher.forget(message.message_id, fut)
         if isinstance(result, self._aiormq.abc.DeliveredMessage):
             raise UnroutableError(
                 f"RabbitMQ returned message {message.message_id}: no queue is bound for routing "
