@@ -11,7 +11,7 @@ import pytest
 from scalekit.queue import Broker, MemoryBroker, QueueSpec, RabbitMQBroker
 
 
-async def wait_for(  # noqa: ASYNC109, RUF100
+async def wait_for(
     condition: Callable[[], bool | Awaitable[bool]],
     timeout: float = 15.0,
     what: str = "",

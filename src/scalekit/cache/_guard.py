@@ -42,7 +42,7 @@ class Guard:
         self._tick: asyncio.TimerHandle | None = None
         self._interval = max(0.002, timeout / 8)
 
-    async def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:  # noqa: ASYNC109
+    async def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Await ``coro`` within ``timeout`` seconds, holding one of the ``limit`` slots.
 
         Raises:

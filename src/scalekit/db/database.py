@@ -940,7 +940,7 @@ class Database:
         self,
         query: str,
         *args: Any,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         max_lag: float | None = None,
     ) -> list[Any]:
         """Read every row from a replica (see :meth:`replica`)."""
@@ -952,7 +952,7 @@ class Database:
         self,
         query: str,
         *args: Any,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         max_lag: float | None = None,
     ) -> Any:
         """Read the first row (or ``None``) from a replica (see :meth:`replica`)."""
@@ -964,14 +964,14 @@ class Database:
         query: str,
         *args: Any,
         column: int = 0,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         max_lag: float | None = None,
     ) -> Any:
         """Read one value (or ``None``) from a replica (see :meth:`replica`)."""
         kw = _NO_KW if column == 0 and timeout is None else {"column": column, "timeout": timeout}
         return await self._read("fetchval", query, args, kw, max_lag)
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         """Run a statement on the primary and record its WAL position in the current scope.
 
         Raises:
@@ -985,7 +985,7 @@ class Database:
         command: str,
         args: Sequence[Sequence[Any]],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> None:
         """Run a statement once per argument tuple on the primary."""
         await self._write("executemany", command, (args,), {"timeout": timeout})

@@ -55,13 +55,13 @@ class Handle:
             return await self._db._write(method, query, args, kw)
         return await self._db._read(method, query, args, kw, self._max_lag)
 
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:  # noqa: ASYNC109
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Run a query and return every row (``asyncpg.Record`` objects)."""
         kw = _NO_KW if timeout is None else {"timeout": timeout}
         result: list[Any] = await self._call("fetch", query, args, kw)
         return result
 
-    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         """Run a query and return its first row, or ``None``."""
         kw = _NO_KW if timeout is None else {"timeout": timeout}
         return await self._call("fetchrow", query, args, kw)
@@ -71,13 +71,13 @@ class Handle:
         query: str,
         *args: Any,
         column: int = 0,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> Any:
         """Run a query and return one value of its first row, or ``None``."""
         kw = _NO_KW if column == 0 and timeout is None else {"column": column, "timeout": timeout}
         return await self._call("fetchval", query, args, kw)
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         """Run a statement and return its status string (e.g. ``"INSERT 0 1"``)."""
         result: str = await self._call("execute", query, args, {"timeout": timeout})
         return result
@@ -87,7 +87,7 @@ class Handle:
         command: str,
         args: Sequence[Sequence[Any]],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> None:
         """Run a statement once per argument tuple (in one transaction on the primary)."""
         await self._call("executemany", command, (args,), {"timeout": timeout})

@@ -150,7 +150,7 @@ class Broker(abc.ABC):
         """Whether a connection is up right now."""
 
     @abc.abstractmethod
-    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, timeout: float) -> None:
         """Wait until connected.
 
         Raises:
@@ -166,7 +166,7 @@ class Broker(abc.ABC):
         """Declare ``spec``'s delay queue for ``delay_ms`` (idempotent, cached); return its name."""
 
     @abc.abstractmethod
-    async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:  # noqa: ASYNC109
+    async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:
         """Publish and wait for the broker's confirm.
 
         Raises:

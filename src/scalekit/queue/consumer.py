@@ -211,7 +211,7 @@ class Worker(Generic[T]):
         if sub is not None:
             await sub.cancel()
 
-    async def drain(self, timeout: float) -> int:  # noqa: ASYNC109
+    async def drain(self, timeout: float) -> int:
         """Wait for running handlers; cancel what is still running after ``timeout``."""
         pending = {t for t in self._tasks if not t.done()}
         still: set[asyncio.Task[None]] = set()
@@ -596,7 +596,7 @@ class Consumer:
         for worker in self.workers.values():
             await worker.start()
 
-    async def stop(self, timeout: float | None = None) -> int:  # noqa: ASYNC109
+    async def stop(self, timeout: float | None = None) -> int:
         """Stop taking messages, let running handlers finish, requeue the rest.
 
         Args:

@@ -187,7 +187,7 @@ class MemoryBroker(Broker):
         """Whether the simulated connection is up."""
         return self._connected.is_set()
 
-    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, timeout: float) -> None:
         """Wait for the simulated connection.
 
         Raises:
@@ -306,7 +306,7 @@ class MemoryBroker(Broker):
         name = self._bindings.get(routing_key)
         return self._queues.get(name) if name is not None else None
 
-    async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:  # noqa: ASYNC109
+    async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:
         """Route the message and confirm it (or fail as the injected faults say)."""
         self._require_connected()
         exchange = self.exchange if message.exchange is None else message.exchange

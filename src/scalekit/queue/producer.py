@@ -80,7 +80,7 @@ class _Window:
             return True
         return False
 
-    async def acquire(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def acquire(self, timeout: float) -> None:
         """Wait for a slot; ``TimeoutError`` after ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -220,7 +220,7 @@ class Producer:
         delay: float | None = None,
         correlation_id: str | None = None,
         schema_version: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> Confirmed:
         """Publish ``body`` and wait for the broker's confirm.
 
@@ -296,7 +296,7 @@ class Producer:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
 
-    async def send(self, message: OutgoingMessage, *, timeout: float | None = None) -> Confirmed:  # noqa: ASYNC109
+    async def send(self, message: OutgoingMessage, *, timeout: float | None = None) -> Confirmed:
         """Publish an already-encoded message (the outbox relay and dead-letter replay use this).
 
         Raises:

@@ -500,7 +500,7 @@ class RabbitMQBroker(Broker):
         """Whether a connection is up and set up right now."""
         return self._connected.is_set()
 
-    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, timeout: float) -> None:
         """Wait until connected.
 
         Raises:
@@ -754,7 +754,7 @@ class RabbitMQBroker(Broker):
 
     # -- publishing -----------------------------------------------------------------------------
 
-    async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:  # noqa: ASYNC109
+    async def publish(self, message: OutgoingMessage, *, mandatory: bool, timeout: float) -> None:
         """Publish one message and wait for its confirm (see :meth:`Broker.publish`)."""
         channel = self._underlay
         if channel is None or channel.is_closed:

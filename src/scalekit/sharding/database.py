@@ -252,7 +252,7 @@ class ShardSession:
     async def transaction(
         self,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - bounds the whole transaction
+        timeout: float | None = None,
         **options: Any,
     ) -> AsyncIterator[asyncpg.Connection]:
         """A bounded transaction on the owning shard (see :meth:`ShardedDatabase.transaction`).
@@ -330,7 +330,7 @@ class ShardedDatabase:
         dsns: Mapping[str, str],
         router: AnyRouter | Strategy | None = None,
         *,
-        timeout: float | None = 30.0,  # noqa: ASYNC109 - a per-shard limit, stored
+        timeout: float | None = 30.0,
         min_size: int = 0,
         max_size: int = 10,
         **pool_options: Any,
@@ -504,7 +504,7 @@ class ShardedDatabase:
         self,
         shard: str,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - bounds the whole transaction
+        timeout: float | None = None,
         epoch: int | None = None,
         **options: Any,
     ) -> AsyncIterator[asyncpg.Connection]:
@@ -607,7 +607,7 @@ class ShardedDatabase:
         method: str = "fetch",
         shards: Sequence[str] | None = None,
         concurrency: int | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-shard limit, not the call's
+        timeout: float | None = None,
     ) -> ScatterResult:
         """Run ``query`` on every shard (or on ``shards``) and collect every shard's outcome.
 
