@@ -125,6 +125,7 @@ def test_next_concurrency_rules() -> None:
     ],
 )
 def test_content_header_frame_matches_pamqp(fields: dict[str, object]) -> None:
+    pytest.importorskip("pamqp", reason="pamqp comes with the rabbitmq extra")
     from pamqp import frame, header
     from pamqp.commands import Basic
 
