@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import itertools
 import json
 import logging
@@ -36,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import redis.asyncio as aioredis
+from _harness import measure_async as measure
 
 from scalekit.cache import Cache, NearCache, RedisBackend
 
@@ -55,26 +55,7 @@ DOC = {
 }
 
 
-# -- tiny harness (self-contained; the shared one can replace it) -----------------------------
-
-
-async def measure(op: Callable[[], Awaitable[Any]], n: int, concurrency: int = 1) -> float:
-    """Seconds per operation for ``n`` awaits of ``op``, ``concurrency`` at a time."""
-    gc.collect()
-    if concurrency <= 1:
-        start = time.perf_counter()
-        for _ in range(n):
-            await op()
-        return (time.perf_counter() - start) / n
-    per = max(1, n // concurrency)
-
-    async def worker() -> None:
-        for _ in range(per):
-            await op()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return (time.perf_counter() - start) / (per * concurrency)
+# -- rounds and tables over the shared harness's measurement ----------------------------------
 
 
 async def rounds(
