@@ -87,28 +87,28 @@ def _bytes_tag(data: bytes) -> bytes:
     return data
 
 
-def _encode_part(part: object, out: bytearray, depth: int) -> None:
+def _encode_part(part: Any, out: bytearray, depth: int) -> None:
     if depth > 8:
         raise InvalidShardKeyError("compound shard keys nest at most 8 tuples deep")
     kind = type(part)
     if kind is str:
         try:
-            data = part.encode()  # type: ignore[attr-defined]
+            data = part.encode()
         except UnicodeEncodeError:
             raise _unencodable(part) from None
         out += b"s"
     elif kind is bytes or kind is bytearray or kind is memoryview:
-        data = bytes(part)  # type: ignore[call-overload]
+        data = bytes(part)
         out += b"b"
     elif kind is int:
-        value: int = part  # type: ignore[assignment]
+        value: int = part
         data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
         out += b"i"
     elif isinstance(part, uuid.UUID):
         data = part.bytes
         out += b"u"
     elif kind is tuple:
-        items: tuple[object, ...] = part  # type: ignore[assignment]
+        items: tuple[object, ...] = part
         out += b"t" + len(items).to_bytes(4, "little")
         for item in items:
             _encode_part(item, out, depth + 1)
@@ -135,7 +135,7 @@ def _invalid(key: object) -> InvalidShardKeyError:
     )
 
 
-def key_bytes(key: object) -> bytes:
+def key_bytes(key: Any) -> bytes:
     """The canonical bytes hashed for ``key`` (hash tag applied), for keys that use a digest.
 
     Args:
@@ -152,13 +152,13 @@ def key_bytes(key: object) -> bytes:
     kind = type(key)
     if kind is str:
         try:
-            data = hash_tag(key).encode()  # type: ignore[arg-type]
+            data = hash_tag(key).encode()
         except UnicodeEncodeError:
             raise _unencodable(key) from None
     elif kind is bytes or kind is bytearray or kind is memoryview:
-        data = _bytes_tag(bytes(key))  # type: ignore[call-overload]
+        data = _bytes_tag(bytes(key))
     elif kind is int:
-        value: int = key  # type: ignore[assignment]
+        value: int = key
         data = b"\x01i" + value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
     elif isinstance(key, uuid.UUID):
         data = key.bytes
@@ -176,7 +176,7 @@ def key_bytes(key: object) -> bytes:
     return data
 
 
-def key_hash(key: object) -> int:
+def key_hash(key: Any) -> int:
     """The stable 64-bit hash of a shard key (see the module docstring for the exact rules).
 
     Args:
@@ -191,24 +191,24 @@ def key_hash(key: object) -> int:
     """
     kind = type(key)
     if kind is str:
-        if "{" in key:  # type: ignore[operator]
-            key = hash_tag(key)  # type: ignore[arg-type]
+        if "{" in key:
+            key = hash_tag(key)
         try:
-            data = key.encode()  # type: ignore[attr-defined]
+            data = key.encode()
         except UnicodeEncodeError:
             raise _unencodable(key) from None
         if len(data) <= MAX_KEY_BYTES:
             digest = _fresh_digest()
             digest.update(data)
             return _FB(digest.digest(), "little")
-    elif kind is int and 0 <= key <= _MASK:  # type: ignore[operator]
-        return mix64(key)  # type: ignore[arg-type]
+    elif kind is int and 0 <= key <= _MASK:
+        return mix64(key)
     digest = _fresh_digest()
     digest.update(key_bytes(key))
     return _FB(digest.digest(), "little")
 
 
-def directory_key(key: object) -> str:
+def directory_key(key: Any) -> str:
     """The text under which a directory stores ``key`` (hash tag applied).
 
     ``str`` keys are stored as themselves, ints in decimal, UUIDs in canonical form, bytes in
@@ -220,15 +220,15 @@ def directory_key(key: object) -> str:
     """
     kind = type(key)
     if kind is str:
-        text = hash_tag(key)  # type: ignore[arg-type]
+        text = hash_tag(key)
     elif kind is int:
         text = str(key)
     elif kind is bytes or kind is bytearray or kind is memoryview:
-        text = _bytes_tag(bytes(key)).hex()  # type: ignore[call-overload]
+        text = _bytes_tag(bytes(key)).hex()
     elif isinstance(key, uuid.UUID):
         text = str(key)
     elif kind is tuple:
-        text = "/".join(directory_key(part) for part in key)  # type: ignore[attr-defined]
+        text = "/".join(directory_key(part) for part in key)
     else:
         raise _invalid(key)
     if len(text) > MAX_KEY_BYTES:
