@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from scalekit.errors import BrokerUnavailableError
 
@@ -143,6 +143,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Close every channel and the connection."""
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     @property
     @abc.abstractmethod

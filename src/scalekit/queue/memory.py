@@ -175,13 +175,6 @@ class MemoryBroker(Broker):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def __aenter__(self) -> MemoryBroker:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     @property
     def is_connected(self) -> bool:
         """Whether the simulated connection is up."""

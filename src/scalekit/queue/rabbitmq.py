@@ -488,13 +488,6 @@ class RabbitMQBroker(Broker):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5.0)
 
-    async def __aenter__(self) -> RabbitMQBroker:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     @property
     def is_connected(self) -> bool:
         """Whether a connection is up and set up right now."""
