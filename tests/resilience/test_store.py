@@ -173,6 +173,51 @@ async def test_a_broken_store_never_fails_the_caller(caplog: pytest.LogCaptureFi
     assert len(warnings) == 1  # logged once per outage, not per call
 
 
+class FlakyTripStore(InMemoryBreakerStore):
+    """Loses the first ``losses`` trips, as a store that timed out would."""
+
+    def __init__(self, losses: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.losses = losses
+
+    async def trip(self, name: str, open_seconds: float) -> Any:
+        if self.losses:
+            self.losses -= 1
+            raise TimeoutError
+        return await super().trip(name, open_seconds)
+
+
+async def test_a_trip_the_store_missed_is_published_again_without_further_calls() -> None:
+    clock = ManualClock()
+    store = FlakyTripStore(losses=2, sync_interval=0.5, clock=clock)
+    a, b = pair(clock, store)
+    await trip(a)  # the publish fails: a now gets no traffic at all
+    assert (await store.read("shared")).state == "closed"
+    await clock.advance(0.5)
+    await settle()
+    assert (await store.read("shared")).state == "closed"  # the second attempt failed too
+    await clock.advance(0.5)
+    await settle()
+    shared = await store.read("shared")
+    assert shared.state == "open"
+    assert shared.remaining == pytest.approx(9.0)  # what is left of a's open period
+    await clock.advance(0.5)
+    await b.call(ok)  # b's next sync adopts a's trip
+    await settle()
+    assert b.state is BreakerState.OPEN
+
+
+async def test_a_missed_trip_is_not_published_after_its_open_period() -> None:
+    clock = ManualClock()
+    store = FlakyTripStore(losses=1, sync_interval=0.5, clock=clock)
+    a, _ = pair(clock, store, open_duration=0.4)
+    await trip(a)
+    await clock.advance(0.5)  # the open period ended before the retry was due
+    await settle()
+    assert (await store.read("shared")).state == "closed"
+    assert store.losses == 0
+
+
 @pytest.mark.parametrize("kwargs", [{"sync_interval": 0}, {"timeout": -1}])
 def test_bad_store_configuration(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):

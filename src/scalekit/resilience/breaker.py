@@ -460,6 +460,7 @@ class CircuitBreaker:
         "_trial_failures",
         "_trial_permits",
         "_trial_slow",
+        "_trip_publishing",
         "_with_inflight",
         "clock",
         "failure_rate_threshold",
@@ -572,6 +573,7 @@ class CircuitBreaker:
         self._n_rejected = 0
         # shared store bookkeeping
         self._shared_gen = -1
+        self._trip_publishing = 0  # _store_trip tasks alive (each retries until it lands)
         self._next_sync = 0.0
         self._store_healthy = True
         self._tasks: set[asyncio.Task[None]] = set()
@@ -1081,7 +1083,7 @@ class CircuitBreaker:
         self._open_until = self._now() + duration
         self._transition(BreakerState.OPEN, reason)
         if publish and self.store is not None:
-            self._spawn(self._store_trip(duration))
+            self._publish_trip(duration)
 
     def _to_half_open(self) -> None:
         self._transition(BreakerState.HALF_OPEN, "open duration elapsed")
@@ -1145,16 +1147,22 @@ class CircuitBreaker:
 
     # -- internals: the shared store -----------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
         try:
             task = asyncio.get_running_loop().create_task(coro)
         except RuntimeError:  # no running loop (reset() from sync code): skip the publish
             close = getattr(coro, "close", None)
             if close is not None:
                 close()
-            return
+            return False
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _publish_trip(self, duration: float) -> None:
+        self._trip_publishing += 1
+        if not self._spawn(self._store_trip(duration)):
+            self._trip_publishing -= 1
 
     def _maybe_sync(self) -> None:
         assert self.store is not None
@@ -1223,8 +1231,8 @@ class CircuitBreaker:
         elif shared.state == "closed" and state is not BreakerState.CLOSED:
             if self._shared_gen < 0:
                 # our trip never reached the store (it was down): publish it now
-                if state is BreakerState.OPEN:
-                    self._spawn(self._store_trip(max(0.0, self._open_until - self._now())))
+                if state is BreakerState.OPEN and not self._trip_publishing:
+                    self._publish_trip(max(0.0, self._open_until - self._now()))
                 return
             self._shared_gen = shared.generation
             self._consecutive_opens = 0
@@ -1242,12 +1250,26 @@ class CircuitBreaker:
 
     async def _store_trip(self, duration: float) -> None:
         assert self.store is not None
-        shared = await self._store_op("trip", self.store.trip(self.name, duration))
-        if shared is not None:
-            self._shared_gen = max(self._shared_gen, shared.generation)
-            if shared.state == "open" and self._state is BreakerState.OPEN:
-                # the breaker was already open elsewhere: end together
-                self._open_until = min(self._open_until, self._now() + shared.remaining)
+        gen, until = self._gen, self._now() + duration
+        try:
+            shared = await self._store_op("trip", self.store.trip(self.name, duration))
+            # A trip that did not reach the store leaves every other process calling the
+            # failing dependency, and this breaker may see no calls (so no sync) until it
+            # closes: retry for as long as this open period lasts, at the sync interval.
+            while shared is None:
+                if gen != self._gen or until <= self._now():
+                    return
+                await self.clock.sleep(self.store.sync_interval)
+                remaining = until - self._now()
+                if gen != self._gen or remaining <= 0:
+                    return
+                shared = await self._store_op("trip", self.store.trip(self.name, remaining))
+        finally:
+            self._trip_publishing -= 1
+        self._shared_gen = max(self._shared_gen, shared.generation)
+        if shared.state == "open" and self._state is BreakerState.OPEN:
+            # the breaker was already open elsewhere: end together
+            self._open_until = min(self._open_until, self._now() + shared.remaining)
 
     async def _store_reset(self) -> None:
         assert self.store is not None
