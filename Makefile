@@ -17,7 +17,7 @@ help:
 	@echo "make docs   build the documentation site (mkdocs --strict)"
 	@echo "make bench  run every benchmark against its peers"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/scalekit/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --progress-bar off --upgrade pip
 	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[all,dev]"

@@ -5,12 +5,16 @@ from __future__ import annotations
 import statistics
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
+from unittest import mock
 
 import pytest
 import uhashring
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scalekit._accel import speedups
 from scalekit.errors import ConfigurationError, InvalidShardKeyError, UnknownShardError
 from scalekit.sharding import (
     HashRing,
@@ -22,11 +26,40 @@ from scalekit.sharding import (
     jump_hash,
     key_hash,
 )
+from scalekit.sharding import keys as keys_module
 from scalekit.sharding.keys import MAX_KEY_BYTES
 
 NAMES = [f"s{i}" for i in range(10)]
 KEYS_100K = [f"user:{i}" for i in range(50_000)] + list(range(50_000))
 any_key = st.one_of(st.integers(min_value=0), st.text(max_size=30), st.binary(max_size=30))
+
+
+def reference_key_hash(key: object) -> int:
+    """key_hash with every digest taken by hashlib (never the compiled BLAKE2b)."""
+    with mock.patch.object(keys_module, "_blake2b_64", None):
+        return key_hash(key)
+
+
+def _python_jump(cache_size: int) -> Callable[[list[str]], Callable[[Any], str]]:
+    return lambda names: JumpHash(cache_size=cache_size)._bind_python(tuple(names))
+
+
+def _compiled_jump(names: list[str]) -> Callable[[Any], str]:
+    assert speedups is not None
+    return speedups.JumpPlacement(tuple(names), key_hash, uuid.UUID)  # type: ignore[no-any-return]
+
+
+#: Every jump placement there is: the compiled one (when built) and the pure-Python one,
+#: with and without its answer cache. All must give the reference answer for every key.
+JUMP_IMPLEMENTATIONS = [
+    pytest.param(
+        _compiled_jump,
+        id="compiled",
+        marks=pytest.mark.skipif(speedups is None, reason="the C accelerator is not built"),
+    ),
+    pytest.param(_python_jump(0), id="python"),
+    pytest.param(_python_jump(4), id="python-cached"),
+]
 
 
 def loads(strategy: Strategy, names: list[str], keys: list[object]) -> Counter[str]:
@@ -51,11 +84,19 @@ def test_jump_hash_matches_the_reference_implementation() -> None:
     assert [jump_hash(k, n) for k, n, _ in vectors] == [b for _, _, b in vectors]
 
 
-@given(any_key, st.integers(min_value=1, max_value=2000))
+@pytest.mark.parametrize("bind", JUMP_IMPLEMENTATIONS)
+@given(key=any_key, n=st.integers(min_value=1, max_value=2000))
 @settings(deadline=None)
-def test_jump_placement_equals_jump_of_key_hash(key: object, n: int) -> None:
+def test_jump_placement_equals_jump_of_key_hash(
+    bind: Callable[[list[str]], Callable[[Any], str]], key: object, n: int
+) -> None:
     names = [f"s{i}" for i in range(n)]
-    assert JumpHash().bind(names)(key) == names[jump_hash(key_hash(key), n)]
+    assert bind(names)(key) == names[jump_hash(reference_key_hash(key), n)]
+
+
+def test_jump_hash_binds_the_compiled_placement_when_it_is_built() -> None:
+    place = JumpHash().bind(NAMES)
+    assert (speedups is not None) == (type(place).__name__ == "JumpPlacement")
 
 
 def _edge_keys() -> list[object]:
@@ -100,32 +141,53 @@ class _UUIDSubclass(uuid.UUID):
     pass
 
 
+@pytest.mark.parametrize("bind", JUMP_IMPLEMENTATIONS)
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 100, 1000, 4099])
-def test_inlined_jump_placement_equals_the_reference_on_every_key_kind(n: int) -> None:
+def test_inlined_jump_placement_equals_the_reference_on_every_key_kind(
+    bind: Callable[[list[str]], Callable[[Any], str]], n: int
+) -> None:
     names = [f"s{i}" for i in range(n)]
-    for cache_size in (0, 4):
-        place = JumpHash(cache_size=cache_size).bind(names)
-        for key in _edge_keys():
-            assert place(key) == names[jump_hash(key_hash(key), n)], key
+    place = bind(names)
+    for key in _edge_keys():
+        assert place(key) == names[jump_hash(reference_key_hash(key), n)], key
 
 
+@pytest.mark.parametrize("bind", JUMP_IMPLEMENTATIONS)
 @pytest.mark.parametrize("n", [1, 7, 10, 100, 1000, 65_537])
-def test_float_jump_loop_is_bit_exact_on_many_hashes(n: int) -> None:
-    # The inlined loop runs in floats; the reference in ints. Same bucket for every hash.
+def test_float_jump_loop_is_bit_exact_on_many_hashes(
+    bind: Callable[[list[str]], Callable[[Any], str]], n: int
+) -> None:
+    # The inlined loops run in floats; the reference in ints. Same bucket for every hash.
     names = [f"s{i}" for i in range(n)]
-    place = JumpHash(cache_size=0).bind(names)
+    place = bind(names)
     for i in range(3000):
         key = i * 0x9E3779B97F4A7C15 % 2**64  # ints are mixed with splitmix64 first
         assert place(key) == names[jump_hash(key_hash(key), n)]
 
 
+@pytest.mark.parametrize("bind", JUMP_IMPLEMENTATIONS)
 @pytest.mark.parametrize(
-    "key", [1.0, True, None, object(), [1], {"a": 1}, frozenset(), (1, 2.0), "x" * 70_000]
+    "key",
+    [
+        1.0,
+        True,
+        None,
+        object(),
+        [1],
+        {"a": 1},
+        frozenset(),
+        (1, 2.0),
+        "x" * 70_000,
+        b"x" * 70_000,
+        "\ud800",  # a lone surrogate: no UTF-8 form
+        "{\ud800}",
+    ],
 )
-def test_inlined_jump_placement_refuses_bad_keys(key: object) -> None:
-    for cache_size in (0, 4):
-        with pytest.raises(InvalidShardKeyError):
-            JumpHash(cache_size=cache_size).bind(NAMES)(key)
+def test_inlined_jump_placement_refuses_bad_keys(
+    bind: Callable[[list[str]], Callable[[Any], str]], key: object
+) -> None:
+    with pytest.raises(InvalidShardKeyError):
+        bind(NAMES)(key)
 
 
 @pytest.mark.parametrize(
@@ -301,14 +363,14 @@ def test_rendezvous_weights_must_name_known_shards() -> None:
 @given(st.lists(any_key, min_size=1, max_size=300))
 @settings(max_examples=40, deadline=None)
 def test_jump_cache_never_changes_an_answer(keys: list[object]) -> None:
-    cached = JumpHash(cache_size=8).bind(NAMES)  # tiny: it fills and restarts often
-    plain = JumpHash(cache_size=0).bind(NAMES)
+    cached = _python_jump(8)(NAMES)  # tiny: it fills and restarts often
+    plain = _python_jump(0)(NAMES)
     for key in keys + keys:
         assert cached(key) == plain(key)
 
 
 def test_jump_cache_does_not_let_equal_floats_or_bools_through() -> None:
-    place = JumpHash().bind(NAMES)
+    place = _python_jump(16)(NAMES)
     place(1)
     place("1")
     for bad in (1.0, True):

@@ -9,6 +9,7 @@ Nothing here imports asyncpg or redis until a backend that needs it is construct
 
 from __future__ import annotations
 
+from scalekit._accel import speedups as _speedups
 from scalekit.sharding.backfill import Backfill, BackfillProgress, VerifyReport
 from scalekit.sharding.database import ScatterResult, ShardedDatabase, ShardOutcome, ShardSession
 from scalekit.sharding.directory import (
@@ -33,6 +34,7 @@ from scalekit.sharding.strategies import (
 )
 
 __all__ = [
+    "ACCELERATED",
     "MAX_KEY_BYTES",
     "Backfill",
     "BackfillProgress",
@@ -65,3 +67,8 @@ __all__ = [
     "jump_hash",
     "key_hash",
 ]
+
+#: True when the compiled accelerator is in use: :class:`JumpHash` lookups and the key hash
+#: run in C. False where it could not be built at install time (no C compiler) or
+#: ``SCALEKIT_NO_EXTENSIONS=1`` is set; results are identical either way.
+ACCELERATED: bool = _speedups is not None

@@ -26,6 +26,7 @@ from hashlib import blake2b, md5
 from typing import Any
 from uuid import UUID
 
+from scalekit._accel import speedups
 from scalekit.errors import ConfigurationError, InvalidShardKeyError, UnknownShardError
 from scalekit.sharding.keys import (
     MAX_KEY_BYTES,
@@ -174,12 +175,18 @@ class JumpHash(Strategy):
     or reordering any other shard moves most keys (``plan()`` shows it before you do it).
     Lookup cost is O(log N); balance is the best of all strategies.
 
-    Placement is a pure function of the key and the shard list, so each bound router keeps
-    the answers for up to ``cache_size`` recent ``str``/``int`` keys (a hit costs a dict
-    lookup instead of a digest and the jump loop; when full, the cache starts over).
+    With the compiled accelerator (built at install time where a C compiler is present; see
+    :data:`scalekit.sharding.ACCELERATED`) a lookup runs entirely in C: hashing, hash tags and
+    the jump loop, about 0.2 µs per key. Without it, a pure-Python path computes the same
+    answers, and since placement is a pure function of the key and the shard list, each
+    bound router keeps the answers for up to ``cache_size`` recent ``str``/``int`` keys (a hit
+    costs a dict lookup instead of a digest and the jump loop; when full, the cache starts
+    over). The compiled path needs no cache: computing an answer costs about what a lookup in
+    one would.
 
     Args:
-        cache_size: answers remembered per bound router; 0 disables the cache.
+        cache_size: answers remembered per bound router on the pure-Python path; 0 disables
+            the cache.
 
     Raises:
         ConfigurationError: a negative ``cache_size``.
@@ -193,14 +200,23 @@ class JumpHash(Strategy):
         self.cache_size = cache_size
 
     def bind(self, shards: Sequence[str]) -> Placement:
-        """Return ``key -> shard name`` with hashing and the jump loop inlined (hot path).
+        """Return ``key -> shard name``: exactly ``names[jump_hash(key_hash(key), len(names))]``.
 
-        The function computes exactly ``names[jump_hash(key_hash(key), len(names))]``; it
-        only avoids Python overhead: one ``type()`` test per key kind, the digest or the
+        The compiled placement when the accelerator is built, else the pure-Python one.
+        """
+        names = tuple(_check_names(shards))
+        if speedups is not None and len(names) < 1 << 31:
+            placement: Placement = speedups.JumpPlacement(names, key_hash, UUID)
+            return placement
+        return self._bind_python(names)
+
+    def _bind_python(self, names: tuple[str, ...]) -> Placement:
+        """The pure-Python placement, with hashing and the jump loop inlined (hot path).
+
+        It only avoids Python overhead: one ``type()`` test per key kind, the digest or the
         splitmix64 finalizer written out, and jump steps read from per-bucket tables instead
         of two float operations, a division and an ``int()`` each (see ``_JumpRows``).
         """
-        names = tuple(_check_names(shards))
         n = len(names)
         rows = _JumpRows(n)
         table = rows.table

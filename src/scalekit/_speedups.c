@@ -1,0 +1,358 @@
+/*
+ * scalekit._speedups: optional compiled hot paths. Every function here has a pure-Python
+ * twin that defines its result (scalekit.sharding.keys / strategies); the tests compare the
+ * two bit for bit, and the package runs unchanged without this module (set
+ * SCALEKIT_NO_EXTENSIONS=1 to force the Python paths).
+ *
+ * JumpPlacement(names, fallback) is the jump-hash placement of JumpHash: key -> shard name,
+ * with the stable key hash (splitmix64 for ints, BLAKE2b-64 for text/bytes/UUIDs, hash tags
+ * applied) and Lamping and Veach's jump loop in C. Any key it does not handle itself (tuples,
+ * big or negative ints, subclasses, oversized or unencodable text) goes to `fallback`, the
+ * Python key_hash, which also raises the InvalidShardKeyError for keys without a stable hash.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The same bound as scalekit.sharding.keys.MAX_KEY_BYTES. */
+#define MAX_KEY_BYTES 65536
+
+/* ---- BLAKE2b with an 8-byte digest, unkeyed (RFC 7693) ------------------------------- */
+
+static const uint64_t blake2b_iv[8] = {
+    0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL,
+    0xA54FF53A5F1D36F1ULL, 0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL,
+    0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL,
+};
+
+static const uint8_t blake2b_sigma[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static inline uint64_t rotr64(uint64_t x, unsigned n) { return (x >> n) | (x << (64 - n)); }
+
+static inline uint64_t load64_le(const uint8_t *p) {
+    return (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) |
+           ((uint64_t)p[3] << 24) | ((uint64_t)p[4] << 32) | ((uint64_t)p[5] << 40) |
+           ((uint64_t)p[6] << 48) | ((uint64_t)p[7] << 56);
+}
+
+#define B2B_G(a, b, c, d, x, y)       \
+    do {                              \
+        v[a] = v[a] + v[b] + (x);     \
+        v[d] = rotr64(v[d] ^ v[a], 32); \
+        v[c] = v[c] + v[d];           \
+        v[b] = rotr64(v[b] ^ v[c], 24); \
+        v[a] = v[a] + v[b] + (y);     \
+        v[d] = rotr64(v[d] ^ v[a], 16); \
+        v[c] = v[c] + v[d];           \
+        v[b] = rotr64(v[b] ^ v[c], 63); \
+    } while (0)
+
+/* Compress one 128-byte block into h; `t` is the byte count so far, `last` flags the end. */
+static void blake2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = blake2b_iv[i];
+    }
+    v[12] ^= t; /* the high word of the counter stays 0: keys are at most 64 KiB */
+    if (last) v[14] = ~v[14];
+    for (int i = 0; i < 16; i++) m[i] = load64_le(block + 8 * i);
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = blake2b_sigma[r];
+        B2B_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        B2B_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        B2B_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        B2B_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        B2B_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        B2B_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        B2B_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        B2B_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* int.from_bytes(blake2b(data, digest_size=8).digest(), "little"). */
+static uint64_t blake2b_64(const uint8_t *data, size_t len) {
+    uint64_t h[8];
+    uint8_t block[128];
+    memcpy(h, blake2b_iv, sizeof h);
+    h[0] ^= 0x01010000ULL ^ 8; /* depth 1, fanout 1, no key, 8-byte digest */
+    uint64_t done = 0;
+    while (len > 128) {
+        done += 128;
+        blake2b_compress(h, data, done, 0);
+        data += 128;
+        len -= 128;
+    }
+    memset(block, 0, sizeof block);
+    if (len) memcpy(block, data, len);
+    blake2b_compress(h, block, done + len, 1);
+    return h[0]; /* the digest is h[0]'s little-endian bytes, read back little-endian */
+}
+
+/* ---- the key hash and the jump loop ------------------------------------------------- */
+
+static inline uint64_t mix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+/* jump_hash(key, buckets) for 1 <= buckets < 2**31, as the Python reference computes it:
+ * the quotient and the product are IEEE doubles (no x87, no contraction: none applies). */
+static inline Py_ssize_t jump(uint64_t key, Py_ssize_t buckets) {
+    int64_t b = -1, j = 0;
+    while (j < buckets) {
+        b = j;
+        key = key * 2862933555777941757ULL + 1;
+        j = (int64_t)((double)(b + 1) * (2147483648.0 / (double)((key >> 33) + 1)));
+    }
+    return (Py_ssize_t)b;
+}
+
+/* Redis-Cluster hash tag over UTF-8 or raw bytes: the first non-empty {tag}, else all. */
+static inline void hash_tag(const char **data, Py_ssize_t *len) {
+    const char *start = memchr(*data, '{', (size_t)*len);
+    if (start == NULL) return;
+    const char *after = start + 1;
+    const char *end = memchr(after, '}', (size_t)(*data + *len - after));
+    if (end != NULL && end > after) {
+        *data = after;
+        *len = end - after;
+    }
+}
+
+/* ---- JumpPlacement ------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *names;     /* tuple of str */
+    PyObject *fallback;  /* key -> int, the Python key_hash */
+    PyObject *uuid_type; /* uuid.UUID, hashed here from its 128-bit int */
+    Py_ssize_t n;
+} JumpPlacement;
+
+static PyObject *int_attr; /* interned "int" */
+
+/* key_hash(key) into *out; 0 on success, -1 with an exception set. */
+static int placement_hash(JumpPlacement *self, PyObject *key, uint64_t *out) {
+    PyTypeObject *kind = Py_TYPE(key);
+    if (kind == &PyUnicode_Type) {
+        Py_ssize_t len;
+        const char *data = PyUnicode_AsUTF8AndSize(key, &len);
+        if (data != NULL) {
+            hash_tag(&data, &len);
+            if (len <= MAX_KEY_BYTES) {
+                *out = blake2b_64((const uint8_t *)data, (size_t)len);
+                return 0;
+            }
+        } else {
+            PyErr_Clear(); /* a lone surrogate: the fallback raises the scalekit error */
+        }
+    } else if (kind == &PyLong_Type) {
+        unsigned long long value = PyLong_AsUnsignedLongLong(key);
+        if (!(value == (unsigned long long)-1 && PyErr_Occurred())) {
+            *out = mix64((uint64_t)value);
+            return 0;
+        }
+        PyErr_Clear(); /* negative or at least 2**64: hashed by its bytes in Python */
+    } else if (kind == &PyBytes_Type) {
+        const char *data = PyBytes_AS_STRING(key);
+        Py_ssize_t len = PyBytes_GET_SIZE(key);
+        hash_tag(&data, &len);
+        if (len <= MAX_KEY_BYTES) {
+            *out = blake2b_64((const uint8_t *)data, (size_t)len);
+            return 0;
+        }
+    } else if ((PyObject *)kind == self->uuid_type) {
+        /* blake2b(key.int.to_bytes(16, "big")) */
+        PyObject *value = PyObject_GetAttr(key, int_attr);
+        if (value == NULL) return -1;
+        if (PyLong_CheckExact(value)) {
+            uint8_t bytes[16];
+            uint64_t low = (uint64_t)PyLong_AsUnsignedLongLongMask(value);
+            PyObject *shift = PyLong_FromLong(64);
+            PyObject *high_obj = shift ? PyNumber_Rshift(value, shift) : NULL;
+            Py_XDECREF(shift);
+            Py_DECREF(value);
+            if (high_obj == NULL) return -1;
+            unsigned long long high = PyLong_AsUnsignedLongLong(high_obj);
+            Py_DECREF(high_obj);
+            if (high == (unsigned long long)-1 && PyErr_Occurred()) {
+                PyErr_Clear(); /* not a valid UUID int: let the fallback decide */
+            } else {
+                for (int i = 0; i < 8; i++) {
+                    bytes[7 - i] = (uint8_t)(high >> (8 * i));
+                    bytes[15 - i] = (uint8_t)(low >> (8 * i));
+                }
+                *out = blake2b_64(bytes, 16);
+                return 0;
+            }
+        } else {
+            Py_DECREF(value);
+        }
+    }
+    PyObject *result = PyObject_CallOneArg(self->fallback, key);
+    if (result == NULL) return -1;
+    unsigned long long value = PyLong_AsUnsignedLongLong(result);
+    Py_DECREF(result);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *out = (uint64_t)value;
+    return 0;
+}
+
+static PyObject *placement_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                      PyObject *kwnames) {
+    JumpPlacement *self = (JumpPlacement *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a placement takes exactly one positional key");
+        return NULL;
+    }
+    uint64_t h;
+    if (placement_hash(self, args[0], &h) < 0) return NULL;
+    PyObject *name = PyTuple_GET_ITEM(self->names, jump(h, self->n));
+    Py_INCREF(name);
+    return name;
+}
+
+static PyObject *placement_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *names, *fallback, *uuid_type;
+    static char *keywords[] = {"names", "fallback", "uuid_type", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO:JumpPlacement", keywords, &PyTuple_Type,
+                                     &names, &fallback, &uuid_type))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (n < 1 || n > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "names must hold 1 to 2**31 - 1 shard names");
+        return NULL;
+    }
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
+        return NULL;
+    }
+    JumpPlacement *self = (JumpPlacement *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->vectorcall = placement_vectorcall;
+    Py_INCREF(names);
+    self->names = names;
+    Py_INCREF(fallback);
+    self->fallback = fallback;
+    Py_INCREF(uuid_type);
+    self->uuid_type = uuid_type;
+    self->n = n;
+    return (PyObject *)self;
+}
+
+static int placement_traverse(JumpPlacement *self, visitproc visit, void *arg) {
+    Py_VISIT(self->names);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->uuid_type);
+    return 0;
+}
+
+static int placement_clear(JumpPlacement *self) {
+    Py_CLEAR(self->names);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->uuid_type);
+    return 0;
+}
+
+static void placement_dealloc(JumpPlacement *self) {
+    PyObject_GC_UnTrack(self);
+    placement_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *placement_repr(JumpPlacement *self) {
+    return PyUnicode_FromFormat("<JumpPlacement over %zd shards>", self->n);
+}
+
+static PyTypeObject JumpPlacementType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "scalekit._speedups.JumpPlacement",
+    .tp_doc = "JumpPlacement(names, fallback, uuid_type): key -> shard name by jump hash.",
+    .tp_basicsize = sizeof(JumpPlacement),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = placement_new,
+    .tp_dealloc = (destructor)placement_dealloc,
+    .tp_traverse = (traverseproc)placement_traverse,
+    .tp_clear = (inquiry)placement_clear,
+    .tp_repr = (reprfunc)placement_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(JumpPlacement, vectorcall),
+};
+
+/* ---- module functions (exposed for the equivalence tests) ---------------------------- */
+
+static PyObject *py_blake2b_64(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    uint64_t h = blake2b_64((const uint8_t *)view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *py_jump_hash(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "jump_hash(key, buckets) takes two arguments");
+        return NULL;
+    }
+    unsigned long long key = PyLong_AsUnsignedLongLongMask(args[0]);
+    if (key == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t buckets = PyLong_AsSsize_t(args[1]);
+    if (buckets == -1 && PyErr_Occurred()) return NULL;
+    if (buckets < 1 || buckets > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "buckets must be in [1, 2**31)");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(jump((uint64_t)key, buckets));
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"blake2b_64", (PyCFunction)py_blake2b_64, METH_O,
+     "int.from_bytes(blake2b(data, digest_size=8).digest(), 'little')."},
+    {"jump_hash", (PyCFunction)(void (*)(void))py_jump_hash, METH_FASTCALL,
+     "Lamping and Veach's jump consistent hash; buckets in [1, 2**31)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "scalekit._speedups",
+    .m_doc = "Optional compiled hot paths of scalekit (pure-Python twins define the results).",
+    .m_size = -1,
+    .m_methods = speedups_methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (PyType_Ready(&JumpPlacementType) < 0) return NULL;
+    int_attr = PyUnicode_InternFromString("int");
+    if (int_attr == NULL) return NULL;
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL) return NULL;
+    Py_INCREF(&JumpPlacementType);
+    if (PyModule_AddObject(module, "JumpPlacement", (PyObject *)&JumpPlacementType) < 0) {
+        Py_DECREF(&JumpPlacementType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
