@@ -39,12 +39,14 @@ demo: $(STAMP)
 test: $(STAMP) services
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# The pure-logic suite in an environment without redis, asyncpg or aio-pika installed.
+# The pure-logic suite in an environment without redis, asyncpg or aio-pika installed, and
+# without the C accelerator: the minimal install, where every pure-Python fallback runs.
 test-no-extras:
 	$(PYTHON) -m venv $(VENV)-noextras
 	$(VENV)-noextras/bin/python -m pip install --quiet --progress-bar off --upgrade pip
 	$(VENV)-noextras/bin/python -m pip install --quiet --progress-bar off -e ".[dev]"
-	SCALEKIT_REQUIRE_SERVICES= SCALEKIT_NO_EXTRAS=1 $(VENV)-noextras/bin/python -m pytest \
+	SCALEKIT_REQUIRE_SERVICES= SCALEKIT_NO_EXTRAS=1 SCALEKIT_NO_EXTENSIONS=1 \
+		$(VENV)-noextras/bin/python -m pytest \
 		-n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -59,4 +61,5 @@ bench: $(BENCH_STAMP) services
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV)-noextras site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-noextras site .pytest_cache .mypy_cache .ruff_cache build
+	find src -name '*.so' -delete

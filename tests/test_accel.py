@@ -1,7 +1,8 @@
 """The optional C accelerator: every compiled function equals its pure-Python twin bit for bit.
 
 CI sets ``SCALEKIT_REQUIRE_SPEEDUPS=1``, so a build that silently failed (the extension is
-optional at install time) fails here instead of leaving only the fallback tested.
+optional at install time) fails here instead of leaving only the fallback tested; its
+no-extras run sets ``SCALEKIT_NO_EXTENSIONS=1`` and runs every fallback alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_accelerator_is_built_where_ci_requires_it() -> None:
-    if os.environ.get("SCALEKIT_REQUIRE_SPEEDUPS") == "1":
+    disabled = os.environ.get("SCALEKIT_NO_EXTENSIONS", "") not in ("", "0")
+    if os.environ.get("SCALEKIT_REQUIRE_SPEEDUPS") == "1" and not disabled:
         assert speedups is not None, "scalekit._speedups did not build (see the pip log)"
     assert sharding.ACCELERATED is (speedups is not None)
 
@@ -132,7 +134,13 @@ def test_jump_placement_passes_fallback_errors_through() -> None:
 def test_jump_placement_leaks_no_references() -> None:
     assert speedups is not None
     names = tuple(f"s{i}" for i in range(3))
-    place = speedups.JumpPlacement(names, key_hash, uuid.UUID)
+    jump = speedups.JumpPlacement(names, key_hash, uuid.UUID)
+    weighted = speedups.RendezvousPlacement(names, (1, 2, 3), (1.0, 2.0, 3.0), key_hash, uuid.UUID)
+
+    def place(key: object) -> None:
+        jump(key)
+        weighted(key)
+
     big = int("1" * 15)  # not a cached small int: its count is ours alone
     keys = ["k" * 3, b"k" * 3, big, big**5, uuid.UUID(int=9), ("t", big)]
     for key in keys:
@@ -144,3 +152,27 @@ def test_jump_placement_leaks_no_references() -> None:
         with pytest.raises(InvalidShardKeyError):
             place(1.5)
     assert [sys.getrefcount(obj) for obj in (*names, *keys)] == before
+
+
+@needs_speedups
+def test_rendezvous_placement_checks_its_construction() -> None:
+    assert speedups is not None
+    make = speedups.RendezvousPlacement
+    place = make(("a", "b"), (1, 2), None, key_hash, uuid.UUID)
+    assert repr(place) == "<RendezvousPlacement over 2 shards>"
+    assert place("k") in ("a", "b")
+    with pytest.raises(ValueError, match="one item per name"):
+        make(("a", "b"), (1,), None, key_hash, uuid.UUID)
+    with pytest.raises(ValueError, match="one item per name"):
+        make(("a", "b"), (1, 2), (1.0,), key_hash, uuid.UUID)
+    with pytest.raises(ValueError, match="one item per name"):
+        make(("a", "b"), (1, 2), [1.0, 1.0], key_hash, uuid.UUID)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            make(("a", "b"), (1, 2), (1.0, bad), key_hash, uuid.UUID)
+    with pytest.raises(OverflowError):
+        make(("a", "b"), (1, -2), None, key_hash, uuid.UUID)
+    with pytest.raises(TypeError):
+        make(("a", "b"), (1, 2), (1.0, "heavy"), key_hash, uuid.UUID)
+    with pytest.raises(TypeError, match="one positional key"):
+        place("k", "k")

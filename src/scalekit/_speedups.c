@@ -9,9 +9,12 @@
  * applied) and Lamping and Veach's jump loop in C. Any key it does not handle itself (tuples,
  * big or negative ints, subclasses, oversized or unencodable text) goes to `fallback`, the
  * Python key_hash, which also raises the InvalidShardKeyError for keys without a stable hash.
+ * RendezvousPlacement(names, seeds, weights, fallback) does the same for Rendezvous, whose
+ * O(N) scoring loop is where its time goes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -138,7 +141,7 @@ static inline void hash_tag(const char **data, Py_ssize_t *len) {
     }
 }
 
-/* ---- JumpPlacement ------------------------------------------------------------------- */
+/* ---- placements: JumpPlacement and RendezvousPlacement share one layout --------------- */
 
 typedef struct {
     PyObject_HEAD
@@ -147,6 +150,8 @@ typedef struct {
     PyObject *fallback;  /* key -> int, the Python key_hash */
     PyObject *uuid_type; /* uuid.UUID, hashed here from its 128-bit int */
     Py_ssize_t n;
+    uint64_t *seeds;     /* rendezvous: one seed per shard (NULL for jump) */
+    double *weights;     /* weighted rendezvous: one weight per shard (else NULL) */
 } JumpPlacement;
 
 static PyObject *int_attr; /* interned "int" */
@@ -218,27 +223,62 @@ static int placement_hash(JumpPlacement *self, PyObject *key, uint64_t *out) {
     return 0;
 }
 
-static PyObject *placement_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                                      PyObject *kwnames) {
-    JumpPlacement *self = (JumpPlacement *)callable;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+static int placement_key(JumpPlacement *self, PyObject *const *args, size_t nargsf,
+                         PyObject *kwnames, uint64_t *h) {
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
         PyErr_SetString(PyExc_TypeError, "a placement takes exactly one positional key");
-        return NULL;
+        return -1;
     }
+    return placement_hash(self, args[0], h);
+}
+
+static PyObject *jump_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames) {
+    JumpPlacement *self = (JumpPlacement *)callable;
     uint64_t h;
-    if (placement_hash(self, args[0], &h) < 0) return NULL;
+    if (placement_key(self, args, nargsf, kwnames, &h) < 0) return NULL;
     PyObject *name = PyTuple_GET_ITEM(self->names, jump(h, self->n));
     Py_INCREF(name);
     return name;
 }
 
-static PyObject *placement_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PyObject *names, *fallback, *uuid_type;
-    static char *keywords[] = {"names", "fallback", "uuid_type", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO:JumpPlacement", keywords, &PyTuple_Type,
-                                     &names, &fallback, &uuid_type))
-        return NULL;
+/* Highest random weight: shard i scores mix64(h ^ seed[i]); the first highest wins. The
+ * weighted score is -w / log(u) with u = (mix64(...) + 0.5) / 2**64, as in Python: the
+ * uint64 -> double conversion rounds to nearest, and log is the C library's, which
+ * Python's math.log calls for every positive finite argument. */
+static PyObject *rendezvous_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames) {
+    JumpPlacement *self = (JumpPlacement *)callable;
+    uint64_t h;
+    if (placement_key(self, args, nargsf, kwnames, &h) < 0) return NULL;
+    Py_ssize_t owner = 0;
+    if (self->weights == NULL) {
+        uint64_t best = mix64(h ^ self->seeds[0]);
+        for (Py_ssize_t i = 1; i < self->n; i++) {
+            uint64_t score = mix64(h ^ self->seeds[i]);
+            if (score > best) {
+                best = score;
+                owner = i;
+            }
+        }
+    } else {
+        double best = -1.0;
+        for (Py_ssize_t i = 0; i < self->n; i++) {
+            double u = ((double)mix64(h ^ self->seeds[i]) + 0.5) / 18446744073709551616.0;
+            double score = -self->weights[i] / log(u);
+            if (score > best) {
+                best = score;
+                owner = i;
+            }
+        }
+    }
+    PyObject *name = PyTuple_GET_ITEM(self->names, owner);
+    Py_INCREF(name);
+    return name;
+}
+
+static JumpPlacement *placement_alloc(PyTypeObject *type, PyObject *names, PyObject *fallback,
+                                      PyObject *uuid_type, vectorcallfunc call) {
     Py_ssize_t n = PyTuple_GET_SIZE(names);
     if (n < 1 || n > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "names must hold 1 to 2**31 - 1 shard names");
@@ -250,7 +290,7 @@ static PyObject *placement_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     }
     JumpPlacement *self = (JumpPlacement *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
-    self->vectorcall = placement_vectorcall;
+    self->vectorcall = call;
     Py_INCREF(names);
     self->names = names;
     Py_INCREF(fallback);
@@ -258,7 +298,61 @@ static PyObject *placement_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     Py_INCREF(uuid_type);
     self->uuid_type = uuid_type;
     self->n = n;
+    self->seeds = NULL;
+    self->weights = NULL;
+    return self;
+}
+
+static PyObject *jump_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *names, *fallback, *uuid_type;
+    static char *keywords[] = {"names", "fallback", "uuid_type", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO:JumpPlacement", keywords, &PyTuple_Type,
+                                     &names, &fallback, &uuid_type))
+        return NULL;
+    return (PyObject *)placement_alloc(type, names, fallback, uuid_type, jump_vectorcall);
+}
+
+static PyObject *rendezvous_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *names, *seeds, *weights, *fallback, *uuid_type;
+    static char *keywords[] = {"names", "seeds", "weights", "fallback", "uuid_type", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOO:RendezvousPlacement", keywords,
+                                     &PyTuple_Type, &names, &PyTuple_Type, &seeds, &weights,
+                                     &fallback, &uuid_type))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (PyTuple_GET_SIZE(seeds) != n ||
+        (weights != Py_None && (!PyTuple_Check(weights) || PyTuple_GET_SIZE(weights) != n))) {
+        PyErr_SetString(PyExc_ValueError, "seeds and weights (or None) need one item per name");
+        return NULL;
+    }
+    JumpPlacement *self = placement_alloc(type, names, fallback, uuid_type, rendezvous_vectorcall);
+    if (self == NULL) return NULL;
+    self->seeds = PyMem_Malloc(sizeof(uint64_t) * (size_t)n);
+    if (self->seeds == NULL) goto nomemory;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long seed = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(seeds, i));
+        if (seed == (unsigned long long)-1 && PyErr_Occurred()) goto fail;
+        self->seeds[i] = (uint64_t)seed;
+    }
+    if (weights != Py_None) {
+        self->weights = PyMem_Malloc(sizeof(double) * (size_t)n);
+        if (self->weights == NULL) goto nomemory;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double weight = PyFloat_AsDouble(PyTuple_GET_ITEM(weights, i));
+            if (weight == -1.0 && PyErr_Occurred()) goto fail;
+            if (!(weight > 0.0) || !isfinite(weight)) {
+                PyErr_SetString(PyExc_ValueError, "weights must be finite and > 0");
+                goto fail;
+            }
+            self->weights[i] = weight;
+        }
+    }
     return (PyObject *)self;
+nomemory:
+    PyErr_NoMemory();
+fail:
+    Py_DECREF(self);
+    return NULL;
 }
 
 static int placement_traverse(JumpPlacement *self, visitproc visit, void *arg) {
@@ -278,11 +372,14 @@ static int placement_clear(JumpPlacement *self) {
 static void placement_dealloc(JumpPlacement *self) {
     PyObject_GC_UnTrack(self);
     placement_clear(self);
+    PyMem_Free(self->seeds);
+    PyMem_Free(self->weights);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *placement_repr(JumpPlacement *self) {
-    return PyUnicode_FromFormat("<JumpPlacement over %zd shards>", self->n);
+    const char *name = strrchr(Py_TYPE(self)->tp_name, '.');
+    return PyUnicode_FromFormat("<%s over %zd shards>", name + 1, self->n);
 }
 
 static PyTypeObject JumpPlacementType = {
@@ -291,7 +388,23 @@ static PyTypeObject JumpPlacementType = {
     .tp_doc = "JumpPlacement(names, fallback, uuid_type): key -> shard name by jump hash.",
     .tp_basicsize = sizeof(JumpPlacement),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = placement_new,
+    .tp_new = jump_new,
+    .tp_dealloc = (destructor)placement_dealloc,
+    .tp_traverse = (traverseproc)placement_traverse,
+    .tp_clear = (inquiry)placement_clear,
+    .tp_repr = (reprfunc)placement_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(JumpPlacement, vectorcall),
+};
+
+static PyTypeObject RendezvousPlacementType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "scalekit._speedups.RendezvousPlacement",
+    .tp_doc = "RendezvousPlacement(names, seeds, weights, fallback, uuid_type): key -> shard "
+              "name by highest random weight (weights: a tuple of floats, or None).",
+    .tp_basicsize = sizeof(JumpPlacement),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = rendezvous_new,
     .tp_dealloc = (destructor)placement_dealloc,
     .tp_traverse = (traverseproc)placement_traverse,
     .tp_clear = (inquiry)placement_clear,
@@ -343,14 +456,15 @@ static struct PyModuleDef speedups_module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (PyType_Ready(&JumpPlacementType) < 0) return NULL;
+    if (PyType_Ready(&JumpPlacementType) < 0 || PyType_Ready(&RendezvousPlacementType) < 0)
+        return NULL;
     int_attr = PyUnicode_InternFromString("int");
     if (int_attr == NULL) return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL) return NULL;
-    Py_INCREF(&JumpPlacementType);
-    if (PyModule_AddObject(module, "JumpPlacement", (PyObject *)&JumpPlacementType) < 0) {
-        Py_DECREF(&JumpPlacementType);
+    if (PyModule_AddObjectRef(module, "JumpPlacement", (PyObject *)&JumpPlacementType) < 0 ||
+        PyModule_AddObjectRef(module, "RendezvousPlacement",
+                              (PyObject *)&RendezvousPlacementType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

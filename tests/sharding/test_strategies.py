@@ -6,6 +6,7 @@ import statistics
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from hashlib import blake2b
 from typing import Any
 from unittest import mock
 
@@ -150,6 +151,38 @@ def test_inlined_jump_placement_equals_the_reference_on_every_key_kind(
     place = bind(names)
     for key in _edge_keys():
         assert place(key) == names[jump_hash(reference_key_hash(key), n)], key
+
+
+@pytest.mark.skipif(speedups is None, reason="the C accelerator is not built")
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {},
+        {"s0": 2.0},
+        {"s3": 0.25, "s7": 1e-9, "s9": 1e9},
+        {f"s{i}": 1.0 + i / 7 for i in range(40)},
+    ],
+)
+@pytest.mark.parametrize("n", [1, 2, 10, 40])
+def test_compiled_rendezvous_equals_the_python_placement(weights: dict[str, float], n: int) -> None:
+    names = [f"s{i}" for i in range(n)]
+    weights = {name: w for name, w in weights.items() if name in names}
+    strategy = Rendezvous(weights)
+    compiled = strategy.bind(names)
+    assert type(compiled).__name__ == "RendezvousPlacement"
+    unweighted = all(w == 1.0 for w in weights.values())
+    python = strategy._bind_python(_rendezvous_seeds(names), unweighted)
+    for key in [*_edge_keys(), *range(3000), *(f"user:{i}" for i in range(3000))]:
+        assert compiled(key) == python(key), key
+    with pytest.raises(InvalidShardKeyError):
+        compiled(1.5)
+
+
+def _rendezvous_seeds(names: list[str]) -> list[tuple[int, str]]:
+    """The per-shard seeds, as Rendezvous derives them (blake2b-64 of the name)."""
+    return [
+        (int.from_bytes(blake2b(n.encode(), digest_size=8).digest(), "little"), n) for n in names
+    ]
 
 
 @pytest.mark.parametrize("bind", JUMP_IMPLEMENTATIONS)

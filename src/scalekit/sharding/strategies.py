@@ -335,7 +335,18 @@ class Rendezvous(Strategy):
             (int.from_bytes(blake2b(n.encode(), digest_size=8).digest(), "little"), n)
             for n in names
         ]
-        if all(self.weights.get(n, 1.0) == 1.0 for n in names):
+        unweighted = all(self.weights.get(n, 1.0) == 1.0 for n in names)
+        if speedups is not None:
+            weights = None if unweighted else tuple(float(self.weights.get(n, 1.0)) for n in names)
+            compiled: Placement = speedups.RendezvousPlacement(
+                tuple(names), tuple(seed for seed, _ in seeds), weights, key_hash, UUID
+            )
+            return compiled
+        return self._bind_python(seeds, unweighted)
+
+    def _bind_python(self, seeds: list[tuple[int, str]], unweighted: bool) -> Placement:
+        """The pure-Python placement over ``(seed, name)`` pairs in shard order."""
+        if unweighted:
 
             def rendezvous_placement(key: Any) -> str:
                 h = key_hash(key)
