@@ -160,16 +160,29 @@ static PyObject *int_attr; /* interned "int" */
 static int placement_hash(JumpPlacement *self, PyObject *key, uint64_t *out) {
     PyTypeObject *kind = Py_TYPE(key);
     if (kind == &PyUnicode_Type) {
-        Py_ssize_t len;
-        const char *data = PyUnicode_AsUTF8AndSize(key, &len);
-        if (data != NULL) {
+        if (PyUnicode_IS_ASCII(key)) { /* its characters are its UTF-8 bytes: no copy */
+            const char *data = (const char *)PyUnicode_DATA(key);
+            Py_ssize_t len = PyUnicode_GET_LENGTH(key);
             hash_tag(&data, &len);
             if (len <= MAX_KEY_BYTES) {
                 *out = blake2b_64((const uint8_t *)data, (size_t)len);
                 return 0;
             }
         } else {
-            PyErr_Clear(); /* a lone surrogate: the fallback raises the scalekit error */
+            /* A temporary encoding, as str.encode() makes: PyUnicode_AsUTF8AndSize would
+             * cache the UTF-8 copy on the caller's string for as long as it lives. */
+            PyObject *encoded = PyUnicode_AsUTF8String(key);
+            if (encoded != NULL) {
+                const char *data = PyBytes_AS_STRING(encoded);
+                Py_ssize_t len = PyBytes_GET_SIZE(encoded);
+                hash_tag(&data, &len);
+                int fits = len <= MAX_KEY_BYTES;
+                if (fits) *out = blake2b_64((const uint8_t *)data, (size_t)len);
+                Py_DECREF(encoded);
+                if (fits) return 0;
+            } else {
+                PyErr_Clear(); /* a lone surrogate: the fallback raises the scalekit error */
+            }
         }
     } else if (kind == &PyLong_Type) {
         unsigned long long value = PyLong_AsUnsignedLongLong(key);

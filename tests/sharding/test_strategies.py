@@ -117,6 +117,9 @@ def _edge_keys() -> list[object]:
         "{}:x",
         "a{b",
         "ünïcode €",
+        "é{ü}z",  # a tag between multi-byte characters
+        "{€}:1",
+        "{}é{x}",
         "x" * max_fast,
         "é" * max_fast,  # 2 UTF-8 bytes per character
         "€" * (max_fast + 1),  # slow path, still under MAX_KEY_BYTES
