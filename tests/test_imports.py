@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -59,7 +60,9 @@ def test_version_is_single_sourced() -> None:
     assert scalekit.__version__ == __version__
     pyproject = (SRC.parent / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in pyproject
-    assert 'path = "src/scalekit/_version.py"' in pyproject
+    assert 'version = { attr = "scalekit._version.__version__" }' in pyproject
+    # the installed distribution's metadata took its version from the same place
+    assert importlib.metadata.version("scalekit") == __version__
 
 
 def test_package_is_typed() -> None:
