@@ -10,7 +10,8 @@
  * big or negative ints, subclasses, oversized or unencodable text) goes to `fallback`, the
  * Python key_hash, which also raises the InvalidShardKeyError for keys without a stable hash.
  * RendezvousPlacement(names, seeds, weights, fallback) does the same for Rendezvous, whose
- * O(N) scoring loop is where its time goes.
+ * O(N) scoring loop is where its time goes. pg_hash_bytes_extended and pg_hash_int8_extended
+ * are PostgreSQL's partitioning hashes (scalekit.sharding.postgres_hash).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -426,6 +427,106 @@ static PyTypeObject RendezvousPlacementType = {
     .tp_vectorcall_offset = offsetof(JumpPlacement, vectorcall),
 };
 
+/* ---- PostgreSQL's lookup3 (src/common/hashfn.c), the extended (seeded, 64-bit) forms ------ */
+
+static inline uint32_t rotl32(uint32_t x, unsigned k) { return (x << k) | (x >> (32 - k)); }
+
+#define PG_MIX(a, b, c)                       \
+    do {                                      \
+        a -= c; a ^= rotl32(c, 4); c += b;    \
+        b -= a; b ^= rotl32(a, 6); a += c;    \
+        c -= b; c ^= rotl32(b, 8); b += a;    \
+        a -= c; a ^= rotl32(c, 16); c += b;   \
+        b -= a; b ^= rotl32(a, 19); a += c;   \
+        c -= b; c ^= rotl32(b, 4); b += a;    \
+    } while (0)
+
+static inline uint64_t pg_final(uint32_t a, uint32_t b, uint32_t c) {
+    c ^= b; c -= rotl32(b, 14);
+    a ^= c; a -= rotl32(c, 11);
+    b ^= a; b -= rotl32(a, 25);
+    c ^= b; c -= rotl32(b, 16);
+    a ^= c; a -= rotl32(c, 4);
+    b ^= a; b -= rotl32(a, 14);
+    c ^= b; c -= rotl32(b, 24);
+    return ((uint64_t)b << 32) | c;
+}
+
+static inline uint32_t load32_le(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+           ((uint32_t)p[3] << 24);
+}
+
+/* Little-endian bytes p[0..n) (n < 4) as an integer. */
+static inline uint32_t load_tail(const uint8_t *p, size_t n) {
+    uint32_t v = 0;
+    for (size_t i = 0; i < n; i++) v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint64_t pg_hash_bytes(const uint8_t *k, size_t len, uint64_t seed) {
+    uint32_t a, b, c;
+    a = b = c = 0x9e3779b9U + (uint32_t)len + 3923095U;
+    if (seed != 0) {
+        a += (uint32_t)(seed >> 32);
+        b += (uint32_t)seed;
+        PG_MIX(a, b, c);
+    }
+    while (len >= 12) {
+        a += load32_le(k);
+        b += load32_le(k + 4);
+        c += load32_le(k + 8);
+        PG_MIX(a, b, c);
+        k += 12;
+        len -= 12;
+    }
+    /* the lowest byte of c holds the length: c's tail starts at bit 8 */
+    if (len > 8) c += load_tail(k + 8, len - 8) << 8;
+    if (len > 4) b += len >= 8 ? load32_le(k + 4) : load_tail(k + 4, len - 4);
+    if (len > 0) a += len >= 4 ? load32_le(k) : load_tail(k, len);
+    return pg_final(a, b, c);
+}
+
+static uint64_t pg_hash_int8(int64_t value, uint64_t seed) {
+    uint32_t low = (uint32_t)value, high = (uint32_t)((uint64_t)value >> 32);
+    low ^= value >= 0 ? high : ~high;
+    uint32_t a, b, c;
+    a = b = c = 0x9e3779b9U + (uint32_t)sizeof(uint32_t) + 3923095U;
+    if (seed != 0) {
+        a += (uint32_t)(seed >> 32);
+        b += (uint32_t)seed;
+        PG_MIX(a, b, c);
+    }
+    a += low;
+    return pg_final(a, b, c);
+}
+
+static PyObject *py_pg_hash_bytes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pg_hash_bytes_extended(data, seed) takes two arguments");
+        return NULL;
+    }
+    unsigned long long seed = PyLong_AsUnsignedLongLong(args[1]);
+    if (seed == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    uint64_t h = pg_hash_bytes((const uint8_t *)view.buf, (size_t)view.len, (uint64_t)seed);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *py_pg_hash_int8(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pg_hash_int8_extended(value, seed) takes two arguments");
+        return NULL;
+    }
+    long long value = PyLong_AsLongLong(args[0]);
+    if (value == -1 && PyErr_Occurred()) return NULL;
+    unsigned long long seed = PyLong_AsUnsignedLongLong(args[1]);
+    if (seed == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromUnsignedLongLong(pg_hash_int8((int64_t)value, (uint64_t)seed));
+}
+
 /* ---- module functions (exposed for the equivalence tests) ---------------------------- */
 
 static PyObject *py_blake2b_64(PyObject *module, PyObject *arg) {
@@ -457,6 +558,10 @@ static PyMethodDef speedups_methods[] = {
      "int.from_bytes(blake2b(data, digest_size=8).digest(), 'little')."},
     {"jump_hash", (PyCFunction)(void (*)(void))py_jump_hash, METH_FASTCALL,
      "Lamping and Veach's jump consistent hash; buckets in [1, 2**31)."},
+    {"pg_hash_bytes_extended", (PyCFunction)(void (*)(void))py_pg_hash_bytes, METH_FASTCALL,
+     "PostgreSQL's hash_bytes_extended(data, seed), unsigned."},
+    {"pg_hash_int8_extended", (PyCFunction)(void (*)(void))py_pg_hash_int8, METH_FASTCALL,
+     "PostgreSQL's hashint8extended(value, seed), unsigned."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,6 +21,7 @@ from scalekit.sharding.directory import (
 )
 from scalekit.sharding.keys import MAX_KEY_BYTES, ShardKey, directory_key, hash_tag, key_hash
 from scalekit.sharding.migration import MigratingRouter, MigrationPhase
+from scalekit.sharding.postgres_hash import PostgresHash, partition_hash
 from scalekit.sharding.router import KeyMove, RangeMove, ReshardPlan, ShardRouter
 from scalekit.sharding.strategies import (
     HashRing,
@@ -48,6 +49,7 @@ __all__ = [
     "MigrationPhase",
     "Placement",
     "PostgresDirectoryStore",
+    "PostgresHash",
     "RangeMove",
     "RangeStrategy",
     "RedisDirectoryStore",
@@ -66,6 +68,7 @@ __all__ = [
     "hash_tag",
     "jump_hash",
     "key_hash",
+    "partition_hash",
 ]
 
 #: True when the compiled accelerator is in use: :class:`JumpHash` lookups and the key hash
