@@ -20,6 +20,7 @@ help:
 $(STAMP): pyproject.toml setup.py src/scalekit/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --progress-bar off --upgrade pip
+	rm -f src/scalekit/_speedups*.so  # a failed (optional) build must not leave an old one
 	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[all,dev]"
 	touch $@
 

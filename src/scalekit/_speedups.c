@@ -396,36 +396,28 @@ static PyObject *placement_repr(JumpPlacement *self) {
     return PyUnicode_FromFormat("<%s over %zd shards>", name + 1, self->n);
 }
 
-static PyTypeObject JumpPlacementType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "scalekit._speedups.JumpPlacement",
-    .tp_doc = "JumpPlacement(names, fallback, uuid_type): key -> shard name by jump hash.",
-    .tp_basicsize = sizeof(JumpPlacement),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = jump_new,
-    .tp_dealloc = (destructor)placement_dealloc,
-    .tp_traverse = (traverseproc)placement_traverse,
-    .tp_clear = (inquiry)placement_clear,
-    .tp_repr = (reprfunc)placement_repr,
-    .tp_call = PyVectorcall_Call,
-    .tp_vectorcall_offset = offsetof(JumpPlacement, vectorcall),
-};
+/* The two placement types differ only in name, doc and constructor. */
+#define PLACEMENT_TYPE(NAME, DOC, NEW)                                                    \
+    {                                                                                     \
+        PyVarObject_HEAD_INIT(NULL, 0).tp_name = "scalekit._speedups." NAME,              \
+        .tp_doc = DOC, .tp_basicsize = sizeof(JumpPlacement),                             \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL, \
+        .tp_new = NEW, .tp_dealloc = (destructor)placement_dealloc,                       \
+        .tp_traverse = (traverseproc)placement_traverse,                                  \
+        .tp_clear = (inquiry)placement_clear, .tp_repr = (reprfunc)placement_repr,        \
+        .tp_call = PyVectorcall_Call,                                                     \
+        .tp_vectorcall_offset = offsetof(JumpPlacement, vectorcall),                      \
+    }
 
-static PyTypeObject RendezvousPlacementType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "scalekit._speedups.RendezvousPlacement",
-    .tp_doc = "RendezvousPlacement(names, seeds, weights, fallback, uuid_type): key -> shard "
-              "name by highest random weight (weights: a tuple of floats, or None).",
-    .tp_basicsize = sizeof(JumpPlacement),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = rendezvous_new,
-    .tp_dealloc = (destructor)placement_dealloc,
-    .tp_traverse = (traverseproc)placement_traverse,
-    .tp_clear = (inquiry)placement_clear,
-    .tp_repr = (reprfunc)placement_repr,
-    .tp_call = PyVectorcall_Call,
-    .tp_vectorcall_offset = offsetof(JumpPlacement, vectorcall),
-};
+static PyTypeObject JumpPlacementType = PLACEMENT_TYPE(
+    "JumpPlacement", "JumpPlacement(names, fallback, uuid_type): key -> shard name by jump hash.",
+    jump_new);
+
+static PyTypeObject RendezvousPlacementType = PLACEMENT_TYPE(
+    "RendezvousPlacement",
+    "RendezvousPlacement(names, seeds, weights, fallback, uuid_type): key -> shard name by "
+    "highest random weight (weights: a tuple of floats, or None).",
+    rendezvous_new);
 
 /* ---- PostgreSQL's lookup3 (src/common/hashfn.c), the extended (seeded, 64-bit) forms ------ */
 
@@ -501,13 +493,20 @@ static uint64_t pg_hash_int8(int64_t value, uint64_t seed) {
     return pg_final(a, b, c);
 }
 
-static PyObject *py_pg_hash_bytes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+/* The (first argument, seed) pair of the pg_hash_* functions; 0 on success. */
+static int pg_hash_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                        unsigned long long *seed) {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "pg_hash_bytes_extended(data, seed) takes two arguments");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s takes two arguments", usage);
+        return -1;
     }
-    unsigned long long seed = PyLong_AsUnsignedLongLong(args[1]);
-    if (seed == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    *seed = PyLong_AsUnsignedLongLong(args[1]);
+    return *seed == (unsigned long long)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *py_pg_hash_bytes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    unsigned long long seed;
+    if (pg_hash_args(args, nargs, "pg_hash_bytes_extended(data, seed)", &seed) < 0) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
     uint64_t h = pg_hash_bytes((const uint8_t *)view.buf, (size_t)view.len, (uint64_t)seed);
@@ -516,14 +515,10 @@ static PyObject *py_pg_hash_bytes(PyObject *module, PyObject *const *args, Py_ss
 }
 
 static PyObject *py_pg_hash_int8(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "pg_hash_int8_extended(value, seed) takes two arguments");
-        return NULL;
-    }
+    unsigned long long seed;
+    if (pg_hash_args(args, nargs, "pg_hash_int8_extended(value, seed)", &seed) < 0) return NULL;
     long long value = PyLong_AsLongLong(args[0]);
     if (value == -1 && PyErr_Occurred()) return NULL;
-    unsigned long long seed = PyLong_AsUnsignedLongLong(args[1]);
-    if (seed == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     return PyLong_FromUnsignedLongLong(pg_hash_int8((int64_t)value, (uint64_t)seed));
 }
 
