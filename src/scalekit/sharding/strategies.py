@@ -51,6 +51,7 @@ __all__ = [
 
 _MASK = 0xFFFFFFFFFFFFFFFF
 _TWO_64 = float(1 << 64)
+_c_jump_hash: Callable[[int, int], int] | None = speedups.jump_hash if speedups else None
 #: A str of at most this many characters encodes to at most MAX_KEY_BYTES UTF-8 bytes.
 _MAX_FAST_STR = MAX_KEY_BYTES // 4
 
@@ -69,6 +70,13 @@ def jump_hash(key: int, buckets: int) -> int:
         A bucket in ``[0, buckets)``; growing ``buckets`` by one moves only ``1/(buckets+1)``
         of the keys, all of them to the new bucket.
     """
+    if _c_jump_hash is not None and 0 < buckets < 1 << 31:
+        return _c_jump_hash(key, buckets)
+    return _py_jump_hash(key, buckets)
+
+
+def _py_jump_hash(key: int, buckets: int) -> int:
+    """The reference algorithm in Python: what the compiled ``jump_hash`` must reproduce."""
     b, j = -1, 0
     while j < buckets:
         b = j
