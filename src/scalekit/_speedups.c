@@ -11,7 +11,8 @@
  * Python key_hash, which also raises the InvalidShardKeyError for keys without a stable hash.
  * RendezvousPlacement(names, seeds, weights, fallback) does the same for Rendezvous, whose
  * O(N) scoring loop is where its time goes. pg_hash_bytes_extended and pg_hash_int8_extended
- * are PostgreSQL's partitioning hashes (scalekit.sharding.postgres_hash).
+ * are PostgreSQL's partitioning hashes (scalekit.sharding.postgres_hash). maglev_table builds
+ * Maglev's lookup table and TablePlacement looks keys up in it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -153,6 +154,8 @@ typedef struct {
     Py_ssize_t n;
     uint64_t *seeds;     /* rendezvous: one seed per shard (NULL for jump) */
     double *weights;     /* weighted rendezvous: one weight per shard (else NULL) */
+    uint32_t *table;     /* table placements (Maglev): shard index per slot (else NULL) */
+    Py_ssize_t table_size;
 } JumpPlacement;
 
 static PyObject *int_attr; /* interned "int" */
@@ -291,6 +294,16 @@ static PyObject *rendezvous_vectorcall(PyObject *callable, PyObject *const *args
     return name;
 }
 
+static PyObject *table_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames) {
+    JumpPlacement *self = (JumpPlacement *)callable;
+    uint64_t h;
+    if (placement_key(self, args, nargsf, kwnames, &h) < 0) return NULL;
+    PyObject *name = PyTuple_GET_ITEM(self->names, self->table[h % (uint64_t)self->table_size]);
+    Py_INCREF(name);
+    return name;
+}
+
 static JumpPlacement *placement_alloc(PyTypeObject *type, PyObject *names, PyObject *fallback,
                                       PyObject *uuid_type, vectorcallfunc call) {
     Py_ssize_t n = PyTuple_GET_SIZE(names);
@@ -314,6 +327,8 @@ static JumpPlacement *placement_alloc(PyTypeObject *type, PyObject *names, PyObj
     self->n = n;
     self->seeds = NULL;
     self->weights = NULL;
+    self->table = NULL;
+    self->table_size = 0;
     return self;
 }
 
@@ -388,6 +403,7 @@ static void placement_dealloc(JumpPlacement *self) {
     placement_clear(self);
     PyMem_Free(self->seeds);
     PyMem_Free(self->weights);
+    PyMem_Free(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -396,7 +412,46 @@ static PyObject *placement_repr(JumpPlacement *self) {
     return PyUnicode_FromFormat("<%s over %zd shards>", name + 1, self->n);
 }
 
-/* The two placement types differ only in name, doc and constructor. */
+static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *names, *table, *fallback, *uuid_type;
+    static char *keywords[] = {"names", "table", "fallback", "uuid_type", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOO:TablePlacement", keywords, &PyTuple_Type,
+                                     &names, &table, &fallback, &uuid_type))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(table, &view, PyBUF_FORMAT) < 0) return NULL;
+    int ok = view.itemsize == 4 && view.format != NULL && strchr("IL", view.format[0]) != NULL &&
+             view.len >= 4;
+    if (!ok) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "table must be a non-empty array('I') of shard indexes");
+        return NULL;
+    }
+    JumpPlacement *self = placement_alloc(type, names, fallback, uuid_type, table_vectorcall);
+    if (self == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    self->table_size = view.len / 4;
+    self->table = PyMem_Malloc((size_t)view.len);
+    if (self->table == NULL) {
+        PyBuffer_Release(&view);
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    memcpy(self->table, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    for (Py_ssize_t i = 0; i < self->table_size; i++) {
+        if (self->table[i] >= (uint32_t)self->n) {
+            PyErr_SetString(PyExc_ValueError, "table holds an index past the last shard name");
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    return (PyObject *)self;
+}
+
+/* The placement types differ only in name, doc and constructor. */
 #define PLACEMENT_TYPE(NAME, DOC, NEW)                                                    \
     {                                                                                     \
         PyVarObject_HEAD_INIT(NULL, 0).tp_name = "scalekit._speedups." NAME,              \
@@ -418,6 +473,73 @@ static PyTypeObject RendezvousPlacementType = PLACEMENT_TYPE(
     "RendezvousPlacement(names, seeds, weights, fallback, uuid_type): key -> shard name by "
     "highest random weight (weights: a tuple of floats, or None).",
     rendezvous_new);
+
+static PyTypeObject TablePlacementType = PLACEMENT_TYPE(
+    "TablePlacement",
+    "TablePlacement(names, table, fallback, uuid_type): key -> names[table[key_hash % "
+    "len(table)]] (table: an array('I') of shard indexes).",
+    table_new);
+
+/* Maglev's table (Eisenbud et al., NSDI 2016): shards take turns claiming their next
+ * preferred free slot, (offset + j * skip) % size, until every slot has an owner. */
+static PyObject *py_maglev_table(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "maglev_table(offsets, skips, size): two tuples, an int");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[2]);
+    if (size == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || PyTuple_GET_SIZE(args[1]) != n || size < n || size > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "maglev_table needs 1 <= shards <= size < 2**31");
+        return NULL;
+    }
+    uint64_t *offsets = PyMem_Malloc(sizeof(uint64_t) * 3 * (size_t)n);
+    uint32_t *table = PyMem_Malloc(sizeof(uint32_t) * (size_t)size);
+    if (offsets == NULL || table == NULL) {
+        PyMem_Free(offsets);
+        PyMem_Free(table);
+        return PyErr_NoMemory();
+    }
+    uint64_t *skips = offsets + n, *next = offsets + 2 * n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        offsets[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args[0], i));
+        skips[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args[1], i));
+        next[i] = 0;
+        if (PyErr_Occurred() || offsets[i] >= (uint64_t)size || skips[i] == 0 ||
+            skips[i] >= (uint64_t)size) {
+            PyMem_Free(offsets);
+            PyMem_Free(table);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "offsets in [0, size), skips in [1, size)");
+            return NULL;
+        }
+    }
+    memset(table, 0xFF, sizeof(uint32_t) * (size_t)size);
+    Py_ssize_t filled = 0;
+    while (filled < size) {
+        for (Py_ssize_t i = 0; i < n && filled < size; i++) {
+            uint64_t slot = (offsets[i] + next[i] * skips[i]) % (uint64_t)size;
+            while (table[slot] != UINT32_MAX) {
+                if (++next[i] >= (uint64_t)size) { /* the walk repeats: size is not prime */
+                    PyMem_Free(offsets);
+                    PyMem_Free(table);
+                    PyErr_SetString(PyExc_ValueError, "size must be prime");
+                    return NULL;
+                }
+                slot = (offsets[i] + next[i] * skips[i]) % (uint64_t)size;
+            }
+            table[slot] = (uint32_t)i;
+            next[i]++;
+            filled++;
+        }
+    }
+    PyObject *result = PyBytes_FromStringAndSize((const char *)table,
+                                                 (Py_ssize_t)(sizeof(uint32_t) * (size_t)size));
+    PyMem_Free(offsets);
+    PyMem_Free(table);
+    return result;
+}
 
 /* ---- PostgreSQL's lookup3 (src/common/hashfn.c), the extended (seeded, 64-bit) forms ------ */
 
@@ -553,6 +675,8 @@ static PyMethodDef speedups_methods[] = {
      "int.from_bytes(blake2b(data, digest_size=8).digest(), 'little')."},
     {"jump_hash", (PyCFunction)(void (*)(void))py_jump_hash, METH_FASTCALL,
      "Lamping and Veach's jump consistent hash; buckets in [1, 2**31)."},
+    {"maglev_table", (PyCFunction)(void (*)(void))py_maglev_table, METH_FASTCALL,
+     "Maglev's lookup table as native uint32 bytes: maglev_table(offsets, skips, size)."},
     {"pg_hash_bytes_extended", (PyCFunction)(void (*)(void))py_pg_hash_bytes, METH_FASTCALL,
      "PostgreSQL's hash_bytes_extended(data, seed), unsigned."},
     {"pg_hash_int8_extended", (PyCFunction)(void (*)(void))py_pg_hash_int8, METH_FASTCALL,
@@ -569,7 +693,8 @@ static struct PyModuleDef speedups_module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (PyType_Ready(&JumpPlacementType) < 0 || PyType_Ready(&RendezvousPlacementType) < 0)
+    if (PyType_Ready(&JumpPlacementType) < 0 || PyType_Ready(&RendezvousPlacementType) < 0 ||
+        PyType_Ready(&TablePlacementType) < 0)
         return NULL;
     int_attr = PyUnicode_InternFromString("int");
     if (int_attr == NULL) return NULL;
@@ -577,7 +702,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (module == NULL) return NULL;
     if (PyModule_AddObjectRef(module, "JumpPlacement", (PyObject *)&JumpPlacementType) < 0 ||
         PyModule_AddObjectRef(module, "RendezvousPlacement",
-                              (PyObject *)&RendezvousPlacementType) < 0) {
+                              (PyObject *)&RendezvousPlacementType) < 0 ||
+        PyModule_AddObjectRef(module, "TablePlacement", (PyObject *)&TablePlacementType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import uuid
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from hashlib import blake2b
@@ -20,6 +21,7 @@ from scalekit.errors import ConfigurationError, InvalidShardKeyError, UnknownSha
 from scalekit.sharding import (
     HashRing,
     JumpHash,
+    Maglev,
     RangeStrategy,
     RegionStrategy,
     Rendezvous,
@@ -29,7 +31,7 @@ from scalekit.sharding import (
 )
 from scalekit.sharding import keys as keys_module
 from scalekit.sharding.keys import MAX_KEY_BYTES
-from scalekit.sharding.strategies import _py_jump_hash
+from scalekit.sharding.strategies import _maglev_table, _py_jump_hash
 
 NAMES = [f"s{i}" for i in range(10)]
 KEYS_100K = [f"user:{i}" for i in range(50_000)] + list(range(50_000))
@@ -417,3 +419,102 @@ def test_jump_cache_does_not_let_equal_floats_or_bools_through() -> None:
     with pytest.raises(ConfigurationError):
         JumpHash(cache_size=-1)
     assert repr(JumpHash(cache_size=0)) == "JumpHash(cache_size=0)"
+
+
+# -- Maglev -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 100])
+def test_maglev_gives_every_shard_its_share_of_slots_within_one(n: int) -> None:
+    names = [f"s{i}" for i in range(n)]
+    size = 65_537
+    offsets_skips = [
+        (
+            int.from_bytes(d[:8], "little") % size,
+            int.from_bytes(d[8:], "little") % (size - 1) + 1,
+        )
+        for d in (
+            blake2b(name.encode(), digest_size=16, person=b"scalekit-maglev").digest()
+            for name in names
+        )
+    ]
+    offsets, skips = zip(*offsets_skips, strict=True)
+    table = _maglev_table(offsets, skips, size)
+    counts = Counter(table)
+    assert set(counts) == set(range(n))
+    assert max(counts.values()) - min(counts.values()) <= 1
+    if speedups is not None:
+        compiled = array("I")
+        compiled.frombytes(speedups.maglev_table(tuple(offsets), tuple(skips), size))
+        assert compiled.tolist() == table
+
+
+@pytest.mark.parametrize(("n", "size"), [(1, 101), (7, 101), (10, 65_537), (100, 65_537)])
+def test_compiled_and_python_maglev_place_every_key_alike(n: int, size: int) -> None:
+    names = [f"s{i}" for i in range(n)]
+    place = Maglev(size).bind(names)
+    with mock.patch("scalekit.sharding.strategies.speedups", None):
+        python = Maglev(size).bind(names)
+    table = _reference_maglev_table(names, size)
+    for key in [*_edge_keys(), *range(2000), *(f"user:{i}" for i in range(2000))]:
+        assert place(key) == python(key) == names[table[reference_key_hash(key) % size]], key
+    with pytest.raises(InvalidShardKeyError):
+        place(1.5)
+
+
+def _reference_maglev_table(names: list[str], size: int) -> list[int]:
+    """The owner of each slot, from the names (as Maglev.bind derives offsets and skips)."""
+    digests = [
+        blake2b(name.encode(), digest_size=16, person=b"scalekit-maglev").digest() for name in names
+    ]
+    return _maglev_table(
+        [int.from_bytes(d[:8], "little") % size for d in digests],
+        [int.from_bytes(d[8:], "little") % (size - 1) + 1 for d in digests],
+        size,
+    )
+
+
+def test_maglev_moves_little_when_any_shard_leaves_or_joins() -> None:
+    names = [f"s{i}" for i in range(20)]
+    keys = [f"user:{i}" for i in range(40_000)]
+    before = Maglev().bind(names)
+    placed = [before(k) for k in keys]
+    without = Maglev().bind([n for n in names if n != "s7"])  # any shard, not only the last
+    moved = sum(1 for k, p in zip(keys, placed, strict=True) if without(k) != p)
+    owned = placed.count("s7")
+    assert all(without(k) != "s7" for k in keys)
+    assert owned <= moved < 2 * owned  # its keys, plus less than as much again of churn
+    grown = Maglev().bind([*names, "s20"])
+    moved = sum(1 for k, p in zip(keys, placed, strict=True) if grown(k) != p)
+    assert len(keys) / 21 * 0.8 < moved < 2 * len(keys) / 21
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 65_536, 2**25 + 1, 10.5])
+def test_maglev_table_size_must_be_a_reasonable_prime(size: Any) -> None:
+    with pytest.raises(ConfigurationError, match="prime"):
+        Maglev(size)
+
+
+def test_maglev_needs_a_table_at_least_as_large_as_the_shard_count() -> None:
+    with pytest.raises(ConfigurationError, match="table_size"):
+        Maglev(7).bind([f"s{i}" for i in range(8)])
+    assert repr(Maglev()) == "Maglev()"
+    assert repr(Maglev(101)) == "Maglev(101)"
+
+
+@pytest.mark.skipif(speedups is None, reason="the C accelerator is not built")
+def test_compiled_maglev_pieces_refuse_bad_input() -> None:
+    assert speedups is not None
+    with pytest.raises(ValueError, match="prime"):
+        speedups.maglev_table((0, 2), (2, 2), 8)  # even steps never reach the odd slots
+    with pytest.raises(ValueError, match="size"):
+        speedups.maglev_table((0,), (0,), 7)
+    with pytest.raises(TypeError):
+        speedups.maglev_table([0], [1], 7)
+    with pytest.raises(TypeError, match="array"):
+        speedups.TablePlacement(("a",), b"", key_hash, uuid.UUID)
+    with pytest.raises(ValueError, match="past the last"):
+        speedups.TablePlacement(("a",), array("I", [0, 1]), key_hash, uuid.UUID)
+    place = speedups.TablePlacement(("a", "b"), array("I", [1]), key_hash, uuid.UUID)
+    assert place("anything") == "b"
+    assert repr(place) == "<TablePlacement over 2 shards>"

@@ -26,6 +26,7 @@ from scalekit.sharding.router import KeyMove, RangeMove, ReshardPlan, ShardRoute
 from scalekit.sharding.strategies import (
     HashRing,
     JumpHash,
+    Maglev,
     Placement,
     RangeStrategy,
     RegionStrategy,
@@ -44,6 +45,7 @@ __all__ = [
     "HashRing",
     "JumpHash",
     "KeyMove",
+    "Maglev",
     "MemoryDirectoryStore",
     "MigratingRouter",
     "MigrationPhase",
