@@ -61,6 +61,14 @@ class Backend(Protocol):
         """Delete ``key``; return whether it existed."""
         ...
 
+    async def incr(self, key: str) -> int:
+        """Add one to the counter under ``key`` (0 when absent), without expiry; return it.
+
+        The cache keeps each tag's purge count this way: a counter that is lost (evicted)
+        only makes values tagged after the last purge look outdated, never older ones valid.
+        """
+        ...
+
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete the keys; return how many existed."""
         ...
@@ -104,6 +112,7 @@ class MemoryBackend:
         self._clock = clock
         self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
         self._tags: dict[str, tuple[set[str], float | None]] = {}
+        self._counters: dict[str, int] = {}  # tag versions: never evicted, never expire
         self.evictions = 0
         """How many live entries were evicted to make room (not counting expiries)."""
 
@@ -145,8 +154,15 @@ class MemoryBackend:
         return self._live(key)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The bytes under each key, in order."""
-        return [self._live(k) for k in keys]
+        """The bytes under each key, in order (counters as their decimal text, as in Redis)."""
+        counters = self._counters
+        return [str(counters[k]).encode() if k in counters else self._live(k) for k in keys]
+
+    async def incr(self, key: str) -> int:
+        """Add one to the counter under ``key``; counters are kept apart from the LRU entries."""
+        value = self._counters.get(key, 0) + 1
+        self._counters[key] = value
+        return value
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
         """Store ``value``; a ``ttl`` of 0 or less deletes the key (as Redis would expire it)."""
@@ -197,6 +213,8 @@ class MemoryBackend:
             del self._data[k]
         for t in [t for t in self._tags if t.startswith(prefix)]:
             del self._tags[t]
+        for c in [c for c in self._counters if c.startswith(prefix)]:
+            del self._counters[c]
         return len(doomed)
 
     async def tag(self, tag_key: str, keys: Sequence[str], ttl: float | None) -> None:
@@ -224,6 +242,7 @@ class MemoryBackend:
         """Drop every entry."""
         self._data.clear()
         self._tags.clear()
+        self._counters.clear()
 
     def __repr__(self) -> str:
         return f"MemoryBackend(entries={len(self._data)}, max_entries={self.max_entries})"

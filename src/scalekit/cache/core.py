@@ -46,6 +46,11 @@ _HEADER = struct.Struct("<BBddf")
 _HSIZE = _HEADER.size
 _MAGIC = 0xC7
 _F_LEASE = 1  # a fill placeholder, not a value (write-through race protection)
+# A tag section follows the header: each tag's version when the value was loaded or set. A
+# value whose tag has been purged since (its version moved) is no longer served.
+_F_TAGS = 2
+_COUNT = struct.Struct("<H")
+_VERSION = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,16 +133,62 @@ class _Flight:
 
 
 class _Entry:
-    __slots__ = ("created", "delta", "flags", "fresh_until", "value")
+    __slots__ = ("created", "delta", "flags", "fresh_until", "tags", "value")
 
     def __init__(
-        self, value: Any, flags: int, created: float, fresh_until: float, delta: float
+        self,
+        value: Any,
+        flags: int,
+        created: float,
+        fresh_until: float,
+        delta: float,
+        tags: tuple[tuple[str, int], ...] = (),
     ) -> None:
         self.value = value
         self.flags = flags
         self.created = created
         self.fresh_until = fresh_until
         self.delta = delta
+        self.tags = tags
+
+
+#: Longest tag, in UTF-8 bytes.
+MAX_TAG_BYTES = 1024
+
+
+def _check_tag(tag: str) -> str:
+    try:
+        size = len(tag.encode()) if type(tag) is str else 0
+    except UnicodeEncodeError:  # a lone surrogate
+        size = 0
+    if not 0 < size <= MAX_TAG_BYTES:
+        raise InvalidCacheKeyError(
+            f"tags are non-empty str of at most {MAX_TAG_BYTES} bytes, got {tag!r:.60}"
+        )
+    return tag
+
+
+def _tag_section(versions: Sequence[tuple[str, int]]) -> bytes:
+    parts = [_COUNT.pack(len(versions))]
+    for tag, version in versions:
+        name = tag.encode()
+        parts += (_COUNT.pack(len(name)), name, _VERSION.pack(version))
+    return b"".join(parts)
+
+
+def _read_tag_section(data: bytes, offset: int) -> tuple[tuple[tuple[str, int], ...], int]:
+    (count,) = _COUNT.unpack_from(data, offset)
+    offset += _COUNT.size
+    tags = []
+    for _ in range(count):
+        (size,) = _COUNT.unpack_from(data, offset)
+        offset += _COUNT.size
+        name = data[offset : offset + size].decode()
+        offset += size
+        (version,) = _VERSION.unpack_from(data, offset)
+        offset += _VERSION.size
+        tags.append((name, version))
+    return tuple(tags), offset
 
 
 class Cache:
@@ -344,10 +395,20 @@ class Cache:
             ttl *= 1.0 - self.ttl_jitter * random.random()
         return ttl
 
-    def _pack(self, value: Any, ttl: float | None, delta: float = 0.0, flags: int = 0) -> bytes:
+    def _pack(
+        self,
+        value: Any,
+        ttl: float | None,
+        delta: float = 0.0,
+        flags: int = 0,
+        versions: Sequence[tuple[str, int]] = (),
+    ) -> bytes:
         now = self.clock.time()
         fresh_until = math.inf if ttl is None else now + ttl
         payload = b"" if flags & _F_LEASE else self.serializer.dumps(value)
+        if versions:
+            flags |= _F_TAGS
+            payload = _tag_section(versions) + payload
         frame = _HEADER.pack(_MAGIC, flags, now, fresh_until, delta) + payload
         if self.signer is not None:
             frame = self.signer.sign(frame)
@@ -365,14 +426,21 @@ class Cache:
             if len(data) < _HSIZE or data[0] != _MAGIC:
                 raise SerializationError("stored bytes are not a scalekit cache entry")
             _, flags, created, fresh_until, delta = _HEADER.unpack_from(data)
-            value = None if flags & _F_LEASE else self.serializer.loads(data[_HSIZE:])
+            tags: tuple[tuple[str, int], ...] = ()
+            start = _HSIZE
+            if flags & _F_TAGS:
+                try:
+                    tags, start = _read_tag_section(data, start)
+                except (struct.error, UnicodeDecodeError) as exc:
+                    raise SerializationError(f"malformed tag section ({exc})") from None
+            value = None if flags & _F_LEASE else self.serializer.loads(data[start:])
         except SerializationError as exc:
             self._decode_errors += 1
             if self.strict:
                 raise
             self._warn("decode", exc)
             return None
-        return _Entry(value, flags, created, fresh_until, delta)
+        return _Entry(value, flags, created, fresh_until, delta, tags)
 
     @staticmethod
     def _physical(ttl: float | None, keep: float) -> float | None:
@@ -490,7 +558,12 @@ class Cache:
             self._misses += 1
             return default
         entry = self._unpack(data)
-        if entry is None or entry.flags or self.clock.time() >= entry.fresh_until:
+        if (
+            entry is None
+            or entry.flags & _F_LEASE
+            or self.clock.time() >= entry.fresh_until
+            or (entry.tags and not await self._tags_current([entry]))
+        ):
             self._misses += 1
             return default
         self._hits += 1
@@ -528,9 +601,16 @@ class Cache:
         nothing: list[bytes | None] = [None] * len(fulls)
         datas = await self._call("get_many", self.backend.get_many(fulls), nothing)
         now = self.clock.time()
-        for i, (key, data) in enumerate(zip(keys, datas, strict=True)):
-            entry = self._unpack(data) if data is not None else None
-            if entry is None or entry.flags or now >= entry.fresh_until:
+        entries = [self._unpack(data) if data is not None else None for data in datas]
+        tagged = [e for e in entries if e is not None and e.tags]
+        purged = frozenset() if not tagged else await self._purged(tagged)
+        for i, (key, entry) in enumerate(zip(keys, entries, strict=True)):
+            if (
+                entry is None
+                or entry.flags & _F_LEASE
+                or now >= entry.fresh_until
+                or (entry.tags and (purged is None or any(t in purged for t in entry.tags)))
+            ):
                 self._misses += 1
             else:
                 self._hits += 1
@@ -558,7 +638,13 @@ class Cache:
         """
         full = self.key(key)
         eff = self._ttl(self.default_ttl if ttl is _MISSING else ttl)
-        frame = self._pack(value, eff)
+        versions: list[tuple[str, int]] = []
+        if tags:
+            found = await self._versions(tags)
+            if found is None:  # unversioned, a purge could miss it: do not store it
+                return False
+            versions = found
+        frame = self._pack(value, eff, versions=versions)
         if self.near is not None:
             self.near.invalidate(full)
         physical = self._physical(eff, self._keep)
@@ -584,9 +670,42 @@ class Cache:
         return True
 
     def _tag_key(self, tag: str) -> str:
-        if type(tag) is not str or not tag:
-            raise InvalidCacheKeyError(f"tags are non-empty str, got {tag!r:.60}")
+        _check_tag(tag)
         return f"{self._prefix}#tag:{tag}"
+
+    async def _tag_versions(self, tags: Sequence[str]) -> list[int] | None:
+        """Each tag's purge count (0 if never purged); ``None`` when they cannot be read."""
+        fulls = [f"{self._prefix}#tagv:{_check_tag(tag)}" for tag in tags]
+        datas = await self._call("tag versions", self.backend.get_many(fulls), None)
+        if datas is None:
+            return None
+        try:
+            return [0 if data is None else int(data) for data in datas]
+        except ValueError:
+            return None  # not a counter: trust no tagged value
+
+    async def _versions(self, tags: Sequence[str]) -> list[tuple[str, int]] | None:
+        """``(tag, version)`` for each tag as of now, to store with a value (``None``: unknown)."""
+        current = await self._tag_versions(tags)
+        return None if current is None else list(zip(tags, current, strict=True))
+
+    async def _purged(self, entries: Sequence[_Entry]) -> frozenset[tuple[str, int]] | None:
+        """The ``(tag, version)`` pairs of ``entries`` that a purge has superseded since.
+
+        ``None`` when the versions cannot be read: then no tagged entry can be trusted.
+        """
+        pairs = {pair for entry in entries for pair in entry.tags}
+        names = sorted({tag for tag, _ in pairs})
+        current = await self._tag_versions(names)
+        if current is None:
+            return None
+        now = dict(zip(names, current, strict=True))
+        return frozenset((tag, version) for tag, version in pairs if now[tag] != version)
+
+    async def _tags_current(self, entries: Sequence[_Entry]) -> bool:
+        """Whether no tag of ``entries`` has been purged since they were written."""
+        purged = await self._purged(entries)
+        return purged is not None and not purged
 
     async def set_many(
         self, items: Mapping[str, Any], *, ttl: float | None = _MISSING, tags: Sequence[str] = ()
@@ -599,11 +718,18 @@ class Cache:
             ValueTooLargeError: a value exceeds ``max_value_bytes`` (nothing is stored then).
         """
         base = self.default_ttl if ttl is _MISSING else ttl
+        versions: list[tuple[str, int]] = []
+        if tags and items:
+            found = await self._versions(tags)
+            if found is None:  # unversioned, a purge could miss them: do not store them
+                return False
+            versions = found
         rows: list[tuple[str, bytes, float | None]] = []
         for key, value in items.items():
             full = self.key(key)
             eff = self._ttl(base)
-            rows.append((full, self._pack(value, eff), self._physical(eff, self._keep)))
+            frame = self._pack(value, eff, versions=versions)
+            rows.append((full, frame, self._physical(eff, self._keep)))
         if not rows:
             return True
         if self.near is not None:
@@ -657,12 +783,19 @@ class Cache:
         return count
 
     async def invalidate_tags(self, tags: Iterable[str]) -> int:
-        """Delete every key stored with any of ``tags``; return how many were deleted."""
+        """Invalidate every value stored with any of ``tags``; return how many keys were deleted.
+
+        Each tag's version moves first, so a value tagged before the purge is never served
+        again, even one whose write raced the purge (a load that started before it and stored
+        after it); then the tag's member keys are deleted to free their memory.
+        """
         total = 0
         if self.near is not None:
             # members are not known locally; tag purges are rare, flushing is safe
             self.near.flush()
         for tag in tags:
+            version_key = f"{self._prefix}#tagv:{_check_tag(tag)}"
+            await self._call("invalidate_tags", self.backend.incr(version_key), 0)
             total += await self._call(
                 "invalidate_tags", self.backend.invalidate_tag(self._tag_key(tag)), 0
             )
@@ -757,7 +890,9 @@ class Cache:
         stale: _Entry | None = None
         if data is not None:
             entry = self._unpack(data)
-            if entry is not None and not entry.flags:
+            if entry is not None and entry.tags and not await self._tags_current([entry]):
+                entry = None  # its tag was purged: neither fresh nor stale, gone
+            if entry is not None and not entry.flags & _F_LEASE:
                 now = self.clock.time()
                 if now < entry.fresh_until:
                     self._hits += 1
@@ -839,12 +974,15 @@ class Cache:
                 if found is not None:
                     return found.value  # type: ignore[no-any-return]
         try:
+            # the tags' versions before the load: a purge during it outdates what it stores
+            versions = await self._versions(tags) if tags else []
             value, delta, fresh = await self._run_loader(loader, stale)
             if fresh and (value is not None or self.negative_ttl is not None):
                 base = self.default_ttl if ttl is _MISSING else ttl
                 if value is None:
                     base = self.negative_ttl
-                await self._store(full, value, base, tags, delta)
+                if versions is not None:  # unknown versions: serve the value, do not store it
+                    await self._store(full, value, base, tags, delta, versions)
             return value
         finally:
             if lock_key is not None and lock_token is not None:
@@ -880,11 +1018,17 @@ class Cache:
         return value, delta, True
 
     async def _store(
-        self, full: str, value: Any, ttl: float | None, tags: Sequence[str], delta: float
+        self,
+        full: str,
+        value: Any,
+        ttl: float | None,
+        tags: Sequence[str],
+        delta: float,
+        versions: Sequence[tuple[str, int]],
     ) -> None:
         eff = self._ttl(ttl)
         try:
-            frame = self._pack(value, eff, delta)
+            frame = self._pack(value, eff, delta, versions=versions)
         except (SerializationError, ValueTooLargeError) as exc:
             if isinstance(exc, ValueTooLargeError):
                 self._too_large += 1
@@ -908,7 +1052,11 @@ class Cache:
             data = await self._call("get", self.backend.get(full), None)
             if data is not None:
                 entry = self._unpack(data)
-                if entry is not None and not entry.flags:
+                if (
+                    entry is not None
+                    and not entry.flags & _F_LEASE
+                    and (not entry.tags or await self._tags_current([entry]))
+                ):
                     return entry
         return None
 

@@ -161,6 +161,10 @@ class RedisBackend:
         """``DEL key``."""
         return bool(await self._guard.run(self.client.delete(key), self.timeout))
 
+    async def incr(self, key: str) -> int:
+        """``INCR key``: the counter (0 when absent) plus one, stored without expiry."""
+        return int(await self._guard.run(self.client.incr(key), self.timeout))
+
     # -- many keys ----------------------------------------------------------------------------
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
