@@ -144,6 +144,19 @@ async def test_untagged_values_cost_no_version_reads() -> None:
     assert backend.calls == ["get_many", "get_many"]  # the values, then all their versions
 
 
+async def test_a_tagged_read_through_reads_value_and_counters_in_one_call() -> None:
+    backend = CountingBackend()
+    cache = Cache(backend, namespace="n", default_ttl=60)
+    assert await cache.get_or_load("k", _const(1), tags=["x", "y"]) == 1
+    assert backend.calls == ["get_many"]  # the miss: value and counters together, then a set
+    backend.calls.clear()
+    assert await cache.get_or_load("k", _const(2), tags=["x", "y"]) == 1
+    assert backend.calls == ["get_many"]  # the hit: validated by the same read
+    backend.calls.clear()
+    assert await cache.get_or_load("k", _const(3), tags=["x"]) == 1  # stored with x and y
+    assert backend.calls == ["get_many", "get_many"]  # y was not read: one more read
+
+
 async def test_unreadable_versions_fail_safe() -> None:
     backend = CountingBackend()
     cache = Cache(backend, namespace="n", default_ttl=60)

@@ -168,6 +168,21 @@ def _check_tag(tag: str) -> str:
     return tag
 
 
+def _counters(datas: Sequence[bytes | None]) -> list[int] | None:
+    """Tag purge counters as read (absent: 0); ``None`` if one is not a counter."""
+    try:
+        return [0 if data is None else int(data) for data in datas]
+    except ValueError:
+        return None  # not a counter: trust no tagged value
+
+
+class _Unread:
+    """The type of :data:`_UNREAD`: versions not read yet."""
+
+
+_UNREAD = _Unread()
+
+
 def _tag_section(versions: Sequence[tuple[str, int]]) -> bytes:
     parts = [_COUNT.pack(len(versions))]
     for tag, version in versions:
@@ -673,16 +688,23 @@ class Cache:
         _check_tag(tag)
         return f"{self._prefix}#tag:{tag}"
 
+    def _version_key(self, tag: str) -> str:
+        return f"{self._prefix}#tagv:{_check_tag(tag)}"
+
     async def _tag_versions(self, tags: Sequence[str]) -> list[int] | None:
         """Each tag's purge count (0 if never purged); ``None`` when they cannot be read."""
-        fulls = [f"{self._prefix}#tagv:{_check_tag(tag)}" for tag in tags]
+        fulls = [self._version_key(tag) for tag in tags]
         datas = await self._call("tag versions", self.backend.get_many(fulls), None)
-        if datas is None:
-            return None
-        try:
-            return [0 if data is None else int(data) for data in datas]
-        except ValueError:
-            return None  # not a counter: trust no tagged value
+        return None if datas is None else _counters(datas)
+
+    async def _current(self, entry: _Entry, versions: list[tuple[str, int]] | None) -> bool:
+        """Whether ``entry``'s tags are unpurged, by ``versions`` read with it when they cover
+        its tags (the usual case: stored with the tags it is read with), else by a new read."""
+        if versions:
+            now = dict(versions)
+            if all(tag in now for tag, _ in entry.tags):
+                return all(now[tag] == version for tag, version in entry.tags)
+        return await self._tags_current([entry])
 
     async def _versions(self, tags: Sequence[str]) -> list[tuple[str, int]] | None:
         """``(tag, version)`` for each tag as of now, to store with a value (``None``: unknown)."""
@@ -794,8 +816,7 @@ class Cache:
             # members are not known locally; tag purges are rare, flushing is safe
             self.near.flush()
         for tag in tags:
-            version_key = f"{self._prefix}#tagv:{_check_tag(tag)}"
-            await self._call("invalidate_tags", self.backend.incr(version_key), 0)
+            await self._call("invalidate_tags", self.backend.incr(self._version_key(tag)), 0)
             total += await self._call(
                 "invalidate_tags", self.backend.invalidate_tag(self._tag_key(tag)), 0
             )
@@ -879,7 +900,16 @@ class Cache:
     ) -> T:
         near = self.near
         token = near.begin(full) if near is not None else None
-        if self._guarded:
+        versions: list[tuple[str, int]] | None = []
+        if tags:
+            # the value and its tags' counters in one read (one MGET; one pipelined round trip
+            # on a cluster): they validate a hit, and a miss's load stores them
+            fulls = [full, *(self._version_key(tag) for tag in tags)]
+            datas = await self._call("get", self.backend.get_many(fulls), None)
+            data = None if datas is None else datas[0]
+            counters = None if datas is None else _counters(datas[1:])
+            versions = None if counters is None else list(zip(tags, counters, strict=True))
+        elif self._guarded:
             data = await self._call_guarded("get", self.backend.get(full), None)
         else:
             try:
@@ -890,7 +920,7 @@ class Cache:
         stale: _Entry | None = None
         if data is not None:
             entry = self._unpack(data)
-            if entry is not None and entry.tags and not await self._tags_current([entry]):
+            if entry is not None and entry.tags and not await self._current(entry, versions):
                 entry = None  # its tag was purged: neither fresh nor stale, gone
             if entry is not None and not entry.flags & _F_LEASE:
                 now = self.clock.time()
@@ -913,7 +943,7 @@ class Cache:
                     return entry.value  # type: ignore[no-any-return]
                 stale = entry
         self._misses += 1
-        return await self._load(full, loader, ttl, tags, stale)
+        return await self._load(full, loader, ttl, tags, stale, versions=versions)
 
     def _refresh(
         self,
@@ -955,6 +985,7 @@ class Cache:
         stale: _Entry | None,
         *,
         background: bool = False,
+        versions: list[tuple[str, int]] | _Unread | None = _UNREAD,
     ) -> T:
         lock_key = lock_token = None
         if self.lease:
@@ -975,7 +1006,8 @@ class Cache:
                     return found.value  # type: ignore[no-any-return]
         try:
             # the tags' versions before the load: a purge during it outdates what it stores
-            versions = await self._versions(tags) if tags else []
+            if isinstance(versions, _Unread):
+                versions = await self._versions(tags) if tags else []
             value, delta, fresh = await self._run_loader(loader, stale)
             if fresh and (value is not None or self.negative_ttl is not None):
                 base = self.default_ttl if ttl is _MISSING else ttl
