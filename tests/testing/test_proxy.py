@@ -71,3 +71,19 @@ async def test_unreachable_target_closes_the_client() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         assert await asyncio.wait_for(reader.read(), 2) == b""
         writer.close()
+
+
+async def test_refuse_returns_at_once_and_leaves_open_connections_working(
+    redis_addr: tuple[str, int],
+) -> None:
+    # Python 3.12's Server.wait_closed() waits for every accepted connection: refuse() must
+    # not, or it hangs for as long as a client keeps its connection (forever, in a pool).
+    async with FaultProxy(*redis_addr) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        async with asyncio.timeout(2):
+            await proxy.refuse()
+        with pytest.raises(OSError):
+            await _ping(proxy.port)
+        writer.write(b"PING\r\n")  # the open connection still forwards
+        assert await asyncio.wait_for(reader.readline(), 2) == b"+PONG\r\n"
+        writer.close()

@@ -112,9 +112,11 @@ class FaultProxy:
     async def refuse(self) -> None:
         """Stop accepting: new connections are refused. Open ones are left as they are."""
         if self._server is not None:
+            # close() shuts the listening socket at once. Not wait_closed(): since Python 3.12
+            # it also waits for every accepted connection to end, which would hang right here.
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
+        await asyncio.sleep(0)
 
     async def restore(self) -> None:
         """Accept and forward normally again, on the same port."""
