@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import services
 from tests.support.collect import imports_missing_module
-from tests.support.processes import RedisProcess
+from tests.support.processes import RedisFailoverCluster, RedisProcess
 
 pytest_plugins = ["pytester"]
 
@@ -101,6 +101,19 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
         yield proc
     finally:
         proc.close()
+
+
+@pytest.fixture
+def redis_failover_cluster(tmp_path: Path) -> Iterator[RedisFailoverCluster]:
+    """A private Redis Cluster (one primary with every slot, one replica) to fail over."""
+    if importlib.util.find_spec("redis") is None:
+        pytest.skip("redis is not installed (the no-extras run tests pure logic only)")
+    cluster = RedisFailoverCluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 # Tests that use the streaming replica share it: some pause its WAL replay, which makes it lag
