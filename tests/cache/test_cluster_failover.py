@@ -6,7 +6,6 @@ kill nodes freely; the shared cluster has no replicas.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,17 +16,10 @@ from redis.asyncio.cluster import ClusterNode
 
 from scalekit.cache import Cache, NearCache, RedisBackend
 from scalekit.errors import CacheBackendError
+from tests.support.polling import eventually
 from tests.support.processes import RedisFailoverCluster
 
 pytestmark = pytest.mark.redis_cluster
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {within}s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 
+from tests.support.polling import eventually
+
+__all__ = ["eventually"]
+
 SECRET = "test-secret-of-at-least-16-bytes"
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[bool]], *, within: float = 15.0, what: str = "condition"
-) -> None:
-    """Poll ``predicate`` until it is true, failing after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 
 from scalekit.errors import CircuitOpenError
 from scalekit.resilience import BreakerState, CircuitBreaker, CountWindow, RedisBreakerStore
+from tests.support.polling import eventually
 from tests.support.processes import RedisFailoverCluster
 
 pytestmark = pytest.mark.redis_cluster
@@ -27,14 +24,6 @@ async def ok() -> str:
 
 async def fail() -> None:
     raise Boom
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {within}s")
-        await asyncio.sleep(0.02)
 
 
 def shared(store: RedisBreakerStore) -> CircuitBreaker:

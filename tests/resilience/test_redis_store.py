@@ -7,7 +7,7 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from scalekit.errors import CircuitOpenError
 from scalekit.resilience import BreakerState, CircuitBreaker, CountWindow, RedisBreakerStore
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -33,14 +34,6 @@ async def ok() -> str:
 
 async def fail() -> None:
     raise Boom
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def breaker(store: RedisBreakerStore, name: str, **kw: Any) -> CircuitBreaker:
