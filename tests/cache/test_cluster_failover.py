@@ -132,3 +132,54 @@ async def test_the_near_cache_stays_coherent_across_failovers(
         await reader.aclose()
         await writer.aclose()
         await other.aclose()
+
+
+async def test_the_near_cache_relinks_when_its_primary_is_gone_for_good(
+    redis_failover_cluster: RedisFailoverCluster,
+) -> None:
+    # A replaced node (a new pod, a new address) never answers at the old one again: the
+    # link must follow the cluster to the promoted primary, or the L1 stays off for good.
+    # redis-py replaces its startup nodes with the primaries it discovers, so on a one-shard
+    # cluster whose primary is gone it has nobody left to ask (redis-py#3310): keep the list.
+    def connect() -> Any:
+        nodes = [ClusterNode(h, p) for h, p in redis_failover_cluster.startup_nodes]
+        return aioredis.RedisCluster(startup_nodes=nodes, dynamic_startup_nodes=False)
+
+    near = NearCache(max_ttl=60, ping_interval=0.25)
+    mine, other = connect(), connect()
+    reader = Cache(RedisBackend(mine, timeout=0.5), namespace="fo", default_ttl=300, near=near)
+    writer = Cache(RedisBackend(other, timeout=0.5), namespace="fo", default_ttl=300)
+    try:
+        await writer.set("k", 1)
+        assert await reader.get("k") == 1  # the first use starts the link
+        assert await near.wait_connected(max_wait=5)
+        redis_failover_cluster.sync()
+        dead = redis_failover_cluster.kill_primary()
+        redis_failover_cluster.promote(dead, restart=False)
+
+        async def relinked() -> bool:
+            return near.connected
+
+        await eventually(relinked, within=15, what="the near cache linked to the new primary")
+
+        async def wrote() -> bool:
+            return await writer.set("k", 2)
+
+        await eventually(wrote, what="a write on the new primary")
+
+        async def reads_two_locally() -> bool:
+            hits = reader.stats().near_hits
+            return await reader.get("k") == 2 and reader.stats().near_hits > hits
+
+        await eventually(reads_two_locally, what="near hits with the current value")
+        assert await writer.set("k", 3)
+
+        async def reads_three() -> bool:
+            return await reader.get("k") == 3
+
+        await eventually(reads_three, what="the invalidation of k through the new link")
+    finally:
+        await reader.aclose()
+        await writer.aclose()
+        await other.aclose()
+        await mine.aclose()

@@ -151,6 +151,23 @@ async def test_near_cache_on_redis_cluster_sees_writes_on_every_primary(
         await client.aclose()
 
 
+async def test_near_cache_starts_on_a_cluster_client_that_has_not_connected_yet(
+    redis_cluster_nodes: list[tuple[str, int]], unique: str
+) -> None:
+    # The usual order in an app: build the client, build the cache, serve. The link used to
+    # start before the client knew its primaries, link none, and never start again.
+    host, port = redis_cluster_nodes[0]
+    client = aioredis.RedisCluster(host=host, port=port)  # no initialize()
+    near = NearCache()
+    cache = Cache(RedisBackend(client, timeout=5.0), namespace=unique, near=near)
+    try:
+        assert await near.wait_connected()
+        assert near._links == 3
+    finally:
+        await cache.aclose()
+        await client.aclose()
+
+
 def test_near_cache_needs_a_redis_backend() -> None:
     with pytest.raises(ConfigurationError, match="RedisBackend"):
         Cache(MemoryBackend(), namespace="t", near=NearCache())

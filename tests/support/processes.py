@@ -257,12 +257,16 @@ class RedisFailoverCluster:
         dead.stop()
         return dead
 
-    def promote(self, dead: RedisProcess) -> None:
+    def promote(self, dead: RedisProcess, *, restart: bool = True) -> None:
         """Promote the surviving replica (``TAKEOVER``: the primary cannot vote), then bring
-        the dead node back as its replica, empty."""
+        the dead node back as its replica, empty; ``restart=False`` leaves it dead for good
+        (a replaced node: its address never answers again)."""
         survivor = next(node for node in self.nodes if node is not dead)
         _cli(survivor.port, "CLUSTER", "FAILOVER", "TAKEOVER")
         _wait(lambda: self.role(survivor.port) == "master", "takeover")
+        if not restart:
+            _wait(lambda: "cluster_state:ok" in _cli(survivor.port, "CLUSTER", "INFO"), "ok")
+            return
         dead.start()  # restarts with its old nodes.conf: it rejoins and follows the new primary
         self.wait_healthy(primary=survivor.port)
 

@@ -92,6 +92,7 @@ class NearCache:
         self._time: Any = None
         self._links = 1
         self._up_links: set[int] = set()
+        self._down_since: dict[int, float] = {}  # link index -> monotonic time it went down
 
     def bind(self, cache: Cache) -> None:
         """Attach to ``cache`` (called by :class:`~scalekit.cache.Cache`; once only).
@@ -212,23 +213,76 @@ class NearCache:
         return [(pool.connection_class, dict(pool.connection_kwargs))]
 
     async def _run(self) -> None:
-        """Supervise one link per server (one per primary on a cluster); up only if all are."""
-        targets = self._targets()
-        self._links = len(targets)
-        tasks = [asyncio.ensure_future(self._link(i, *t)) for i, t in enumerate(targets)]
+        """Supervise one link per server (one per primary on a cluster); up only if all are.
+
+        On a cluster, a link that stays down for ``2 * ping_interval`` (at least a second)
+        makes the supervisor ask the cluster for its primaries again: after a failover whose
+        old primary never comes back at its address (a replaced node, a new pod IP), the links
+        move to the new primaries instead of retrying a dead address forever.
+        """
+        loop = asyncio.get_running_loop()
+        patience = max(2 * self.ping_interval, 1.0)
+        while not self._closed:
+            targets = self._targets()
+            if not targets:  # a cluster client that has not learnt its nodes yet
+                await self._initialize_cluster()
+                targets = self._targets()
+                if not targets:
+                    await asyncio.sleep(patience / 2)
+                    continue
+            self._links = len(targets)
+            self._up_links.clear()
+            self._down_since = {i: loop.time() for i in range(len(targets))}
+            tasks = [asyncio.ensure_future(self._link(i, *t)) for i, t in enumerate(targets)]
+            try:
+                while True:
+                    done, _ = await asyncio.wait(tasks, timeout=patience / 2)
+                    if done:  # a link ended (it only ends by failing outright): start over
+                        break
+                    stale = [t for t in self._down_since.values() if loop.time() - t >= patience]
+                    if stale and await self._topology_changed(targets):
+                        _log.warning("near cache: the cluster's primaries changed; relinking")
+                        break
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._up_links.clear()
+                self.connected = False
+                self._up.clear()
+                self.flush()
+
+    async def _initialize_cluster(self) -> bool:
+        """On a cluster: ask it for its slot map again; whether that worked."""
+        assert self._cache is not None
+        backend: Any = self._cache.backend
+        if not backend.is_cluster:
+            return False
+        client = backend.client
         try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if client.get_primaries():
+                await client.nodes_manager.initialize()  # what redis-py does after a MOVED
+            else:
+                await client.initialize()  # its first connection: the client's own state too
+        except Exception:
+            return False  # no node answers (or the driver changed): keep what we have
+        return True
+
+    async def _topology_changed(self, targets: list[tuple[Any, dict[str, Any]]]) -> bool:
+        """On a cluster: refresh the slot map; whether the primaries are others than targets."""
+        if not await self._initialize_cluster():
+            return False
+        now = {(kw.get("host"), kw.get("port")) for _, kw in self._targets()}
+        return now != {(kw.get("host"), kw.get("port")) for _, kw in targets}
 
     def _link_state(self, index: int, up: bool) -> None:
         self.flush()  # a link changed state: whatever happened meanwhile is unknown
         if up:
             self._up_links.add(index)
+            self._down_since.pop(index, None)
         else:
             self._up_links.discard(index)
+            self._down_since.setdefault(index, asyncio.get_running_loop().time())
         self.connected = len(self._up_links) == self._links
         if self.connected:
             self._up.set()
