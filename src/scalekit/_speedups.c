@@ -164,6 +164,9 @@ static PyObject *int_attr; /* interned "int" */
 static int placement_hash(JumpPlacement *self, PyObject *key, uint64_t *out) {
     PyTypeObject *kind = Py_TYPE(key);
     if (kind == &PyUnicode_Type) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(key) < 0) return -1; /* a legacy string from an old C API */
+#endif
         if (PyUnicode_IS_ASCII(key)) { /* its characters are its UTF-8 bytes: no copy */
             const char *data = (const char *)PyUnicode_DATA(key);
             Py_ssize_t len = PyUnicode_GET_LENGTH(key);
