@@ -7,23 +7,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 
 from scalekit.errors import CircuitOpenError
-from scalekit.resilience import BreakerState, CircuitBreaker, CountWindow, RedisBreakerStore
+from scalekit.resilience import CircuitBreaker, CountWindow, RedisBreakerStore
+from tests.resilience.calls import ok, trip_until_open
 from tests.support.polling import eventually
 from tests.support.processes import RedisFailoverCluster
 
 pytestmark = pytest.mark.redis_cluster
-
-
-class Boom(Exception):
-    pass
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def fail() -> None:
-    raise Boom
 
 
 def shared(store: RedisBreakerStore) -> CircuitBreaker:
@@ -37,12 +26,6 @@ def shared(store: RedisBreakerStore) -> CircuitBreaker:
     )
 
 
-async def trip(b: CircuitBreaker) -> None:
-    while b.state is BreakerState.CLOSED:
-        with pytest.raises(Boom):
-            await b.call(fail)
-
-
 async def test_breakers_protect_through_a_dead_primary_and_share_state_after_it(
     redis_failover_cluster: RedisFailoverCluster,
 ) -> None:
@@ -53,7 +36,7 @@ async def test_breakers_protect_through_a_dead_primary_and_share_state_after_it(
     a, b = shared(store), shared(store)
     try:
         await b.call(ok)
-        await trip(a)
+        await trip_until_open(a)
 
         async def b_open() -> bool:
             try:

@@ -17,23 +17,12 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from scalekit.errors import CircuitOpenError
 from scalekit.resilience import BreakerState, CircuitBreaker, CountWindow, RedisBreakerStore
+from tests.resilience.calls import ok, trip_until_open
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Boom(Exception):
-    pass
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def fail() -> None:
-    raise Boom
 
 
 def breaker(store: RedisBreakerStore, name: str, **kw: Any) -> CircuitBreaker:
@@ -46,12 +35,6 @@ def breaker(store: RedisBreakerStore, name: str, **kw: Any) -> CircuitBreaker:
         **kw,
     }
     return CircuitBreaker(name, **kw)
-
-
-async def trip(b: CircuitBreaker) -> None:
-    while b.state is BreakerState.CLOSED:
-        with pytest.raises(Boom):
-            await b.call(fail)
 
 
 @pytest.fixture
@@ -74,7 +57,7 @@ async def test_two_breakers_trip_and_recover_together(
     sb = RedisBreakerStore(clients[1], prefix=unique, sync_interval=0.05)
     a, b = breaker(sa, "payments"), breaker(sb, "payments")
     await b.call(ok)
-    await trip(a)
+    await trip_until_open(a)
 
     async def b_open() -> bool:
         try:
@@ -156,7 +139,7 @@ async def test_redis_stopped_mid_run_does_not_break_callers(
             assert await b.call(ok) == "ok"
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
-        await trip(b)  # trips locally with the store down
+        await trip_until_open(b)  # trips locally with the store down
         with pytest.raises(CircuitOpenError):
             await b.call(ok)
         await eventually(lambda: _succeeds(b))  # half-open trial decided locally
@@ -164,7 +147,7 @@ async def test_redis_stopped_mid_run_does_not_break_callers(
         assert any("shared store failed" in r.getMessage() for r in caplog.records)
         redis_process.start()
         await eventually(lambda: _healthy(b))
-        await trip(b)
+        await trip_until_open(b)
         await eventually(lambda: _key_state(client, store, "inventory", b"open"))
     finally:
         await client.aclose()
@@ -188,7 +171,7 @@ async def test_works_on_redis_cluster(
         sa = RedisBreakerStore(cluster, prefix=unique, sync_interval=0.05)
         a, b = breaker(sa, "search"), breaker(sa, "search")
         await b.call(ok)
-        await trip(a)
+        await trip_until_open(a)
 
         async def b_open() -> bool:
             try:
@@ -258,7 +241,7 @@ async def test_two_real_processes_trip_and_recover_together(
         assert await asyncio.wait_for(child.stdout.readline(), 20) == b"ready\n"
         store = RedisBreakerStore(clients[0], prefix=unique, sync_interval=0.05)
         b = breaker(store, "shared")
-        await trip(b)
+        await trip_until_open(b)
         assert await asyncio.wait_for(child.stdout.readline(), 10) == b"open\n"
         await eventually(lambda: _succeeds(b))  # our trial closes it for everyone
         assert await asyncio.wait_for(child.stdout.readline(), 10) == b"closed\n"
@@ -288,7 +271,7 @@ async def test_hung_or_cut_redis_costs_a_trial_at_most_the_store_timeout(
             for _ in range(200):  # closed path never waits for the store
                 await b.call(ok)
             assert time.monotonic() - started < 1.0
-            await trip(b)
+            await trip_until_open(b)
             await eventually(lambda: _succeeds(b))  # trials wait <= timeout, then go local
             assert b.state is BreakerState.CLOSED
             assert not b.snapshot().store_healthy
@@ -323,5 +306,5 @@ async def test_hostile_or_corrupt_shared_data_never_fails_the_caller(
         return not b.snapshot().store_healthy
 
     await eventually(unhealthy)
-    await trip(b)  # still trips on local state
+    await trip_until_open(b)  # still trips on local state
     await b.aclose()

@@ -11,18 +11,7 @@ import pytest
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.resilience import BreakerState, CircuitBreaker, CountWindow, InMemoryBreakerStore
 from scalekit.testing import ManualClock
-
-
-class Boom(Exception):
-    pass
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def fail() -> None:
-    raise Boom
+from tests.resilience.calls import Boom, fail, ok
 
 
 def pair(clock: ManualClock, store: Any, **kw: Any) -> tuple[CircuitBreaker, CircuitBreaker]:
