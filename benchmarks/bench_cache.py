@@ -310,6 +310,73 @@ async def main() -> None:
     await stampede("aiocache @cached_stampede", aio_stampede)
     await stampede("cashews @cache", cashews_cached)
 
+    # -- tags: the cost of a tagged hit, and a purge that races a load ----------------------
+    tag_key = f"{prefix}:cashews:tagged"
+
+    @cashews(ttl="10m", key=tag_key, tags=[f"{prefix}:catalog"])
+    async def cashews_tagged() -> Any:
+        return DOC
+
+    tag_ops: dict[str, Callable[[], Awaitable[Any]]] = {
+        "scalekit get_or_load, no tags": lambda: sk.get_or_load("hit", sk_loader),
+        "scalekit get_or_load, 2 tags": lambda: sk.get_or_load(
+            "tagged", sk_loader, tags=["catalog", "tenant:1"]
+        ),
+        "cashews @cache, 1 tag": cashews_tagged,
+    }
+    for name, op in tag_ops.items():
+        assert await op() == DOC, name
+    tagged = await rounds(tag_ops, n, repeat, 1)
+    table("tagged read-through hit, one caller at a time", tagged, "scalekit get_or_load, no tags")
+
+    async def raced(
+        load: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
+        purge: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """Start a load that reads the old row, purge the tag meanwhile, finish the load,
+        then read again: what the next caller is served."""
+        row = {"price": 10}
+        reading, release = asyncio.Event(), asyncio.Event()
+
+        async def loader() -> Any:
+            value = dict(row)
+            reading.set()
+            await release.wait()
+            return value
+
+        first = asyncio.create_task(load(loader))
+        await reading.wait()
+        row["price"] = 12
+        await purge()
+        release.set()
+        await first
+        release.clear()
+
+        async def fresh() -> Any:
+            return dict(row)
+
+        return (await load(fresh))["price"]
+
+    race_holder: dict[str, Callable[[], Awaitable[Any]]] = {}
+
+    @cashews(ttl="10m", key=f"{prefix}:cashews:raced", tags=[f"{prefix}:prices"])
+    async def cashews_price() -> Any:
+        return await race_holder["loader"]()
+
+    async def cashews_load(loader: Callable[[], Awaitable[Any]]) -> Any:
+        race_holder["loader"] = loader
+        return await cashews_price()
+
+    sk_seen = await raced(
+        lambda loader: sk.get_or_load("price", loader, tags=["prices"]),
+        lambda: sk.invalidate_tags(["prices"]),
+    )
+    cashews_seen = await raced(cashews_load, lambda: cashews.delete_tags(f"{prefix}:prices"))
+    print("\nA load reads price 10, the price becomes 12 and its tag is purged, the load stores:")
+    for name, seen in (("scalekit", sk_seen), ("cashews", cashews_seen)):
+        verdict = "current" if seen == 12 else "STALE until its TTL"
+        print(f"  {name:<10} next caller is served {seen}: {verdict}")
+
     print(f"\nscalekit stats: {sk.stats()}")
     # cleanup
     await sk.clear()
