@@ -18,6 +18,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_che
 
 from scalekit._telemetry import get_logger, meter, tracer
 from scalekit.cache._sentinel import MISSING as _MISSING
+from scalekit.cache._tags import (
+    UNREAD,
+    Unread,
+    check_tag,
+    counters,
+    read_tag_section,
+    tag_section,
+)
 from scalekit.cache.serializers import JsonSerializer, Serializer, Signer
 from scalekit.clock import SYSTEM_CLOCK, Clock
 from scalekit.errors import (
@@ -49,8 +57,6 @@ _F_LEASE = 1  # a fill placeholder, not a value (write-through race protection)
 # A tag section follows the header: each tag's version when the value was loaded or set. A
 # value whose tag has been purged since (its version moved) is no longer served.
 _F_TAGS = 2
-_COUNT = struct.Struct("<H")
-_VERSION = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,60 +156,6 @@ class _Entry:
         self.fresh_until = fresh_until
         self.delta = delta
         self.tags = tags
-
-
-#: Longest tag, in UTF-8 bytes.
-MAX_TAG_BYTES = 1024
-
-
-def _check_tag(tag: str) -> str:
-    try:
-        size = len(tag.encode()) if type(tag) is str else 0
-    except UnicodeEncodeError:  # a lone surrogate
-        size = 0
-    if not 0 < size <= MAX_TAG_BYTES:
-        raise InvalidCacheKeyError(
-            f"tags are non-empty str of at most {MAX_TAG_BYTES} bytes, got {tag!r:.60}"
-        )
-    return tag
-
-
-def _counters(datas: Sequence[bytes | None]) -> list[int] | None:
-    """Tag purge counters as read (absent: 0); ``None`` if one is not a counter."""
-    try:
-        return [0 if data is None else int(data) for data in datas]
-    except ValueError:
-        return None  # not a counter: trust no tagged value
-
-
-class _Unread:
-    """The type of :data:`_UNREAD`: versions not read yet."""
-
-
-_UNREAD = _Unread()
-
-
-def _tag_section(versions: Sequence[tuple[str, int]]) -> bytes:
-    parts = [_COUNT.pack(len(versions))]
-    for tag, version in versions:
-        name = tag.encode()
-        parts += (_COUNT.pack(len(name)), name, _VERSION.pack(version))
-    return b"".join(parts)
-
-
-def _read_tag_section(data: bytes, offset: int) -> tuple[tuple[tuple[str, int], ...], int]:
-    (count,) = _COUNT.unpack_from(data, offset)
-    offset += _COUNT.size
-    tags = []
-    for _ in range(count):
-        (size,) = _COUNT.unpack_from(data, offset)
-        offset += _COUNT.size
-        name = data[offset : offset + size].decode()
-        offset += size
-        (version,) = _VERSION.unpack_from(data, offset)
-        offset += _VERSION.size
-        tags.append((name, version))
-    return tuple(tags), offset
 
 
 class Cache:
@@ -423,7 +375,7 @@ class Cache:
         payload = b"" if flags & _F_LEASE else self.serializer.dumps(value)
         if versions:
             flags |= _F_TAGS
-            payload = _tag_section(versions) + payload
+            payload = tag_section(versions) + payload
         frame = _HEADER.pack(_MAGIC, flags, now, fresh_until, delta) + payload
         if self.signer is not None:
             frame = self.signer.sign(frame)
@@ -445,7 +397,7 @@ class Cache:
             start = _HSIZE
             if flags & _F_TAGS:
                 try:
-                    tags, start = _read_tag_section(data, start)
+                    tags, start = read_tag_section(data, start)
                 except (struct.error, UnicodeDecodeError) as exc:
                     raise SerializationError(f"malformed tag section ({exc})") from None
             value = None if flags & _F_LEASE else self.serializer.loads(data[start:])
@@ -685,17 +637,17 @@ class Cache:
         return True
 
     def _tag_key(self, tag: str) -> str:
-        _check_tag(tag)
+        check_tag(tag)
         return f"{self._prefix}#tag:{tag}"
 
     def _version_key(self, tag: str) -> str:
-        return f"{self._prefix}#tagv:{_check_tag(tag)}"
+        return f"{self._prefix}#tagv:{check_tag(tag)}"
 
     async def _tag_versions(self, tags: Sequence[str]) -> list[int] | None:
         """Each tag's purge count (0 if never purged); ``None`` when they cannot be read."""
         fulls = [self._version_key(tag) for tag in tags]
         datas = await self._call("tag versions", self.backend.get_many(fulls), None)
-        return None if datas is None else _counters(datas)
+        return None if datas is None else counters(datas)
 
     async def _current(self, entry: _Entry, versions: list[tuple[str, int]] | None) -> bool:
         """Whether ``entry``'s tags are unpurged, by ``versions`` read with it when they cover
@@ -907,8 +859,8 @@ class Cache:
             fulls = [full, *(self._version_key(tag) for tag in tags)]
             datas = await self._call("get", self.backend.get_many(fulls), None)
             data = None if datas is None else datas[0]
-            counters = None if datas is None else _counters(datas[1:])
-            versions = None if counters is None else list(zip(tags, counters, strict=True))
+            found = None if datas is None else counters(datas[1:])
+            versions = None if found is None else list(zip(tags, found, strict=True))
         elif self._guarded:
             data = await self._call_guarded("get", self.backend.get(full), None)
         else:
@@ -985,7 +937,7 @@ class Cache:
         stale: _Entry | None,
         *,
         background: bool = False,
-        versions: list[tuple[str, int]] | _Unread | None = _UNREAD,
+        versions: list[tuple[str, int]] | Unread | None = UNREAD,
     ) -> T:
         lock_key = lock_token = None
         if self.lease:
@@ -1006,7 +958,7 @@ class Cache:
                     return found.value  # type: ignore[no-any-return]
         try:
             # the tags' versions before the load: a purge during it outdates what it stores
-            if isinstance(versions, _Unread):
+            if isinstance(versions, Unread):
                 versions = await self._versions(tags) if tags else []
             value, delta, fresh = await self._run_loader(loader, stale)
             if fresh and (value is not None or self.negative_ttl is not None):
