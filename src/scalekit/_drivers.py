@@ -19,6 +19,7 @@ _EXTRAS: dict[str, str] = {
     "orjson": "orjson",
     "grpc": "grpc",
     "grpc_health": "grpc",
+    "cryptography": "crypto",
 }
 
 

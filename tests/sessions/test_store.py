@@ -413,3 +413,20 @@ async def test_reading_scalars_and_iterating_keys_changes_nothing(make_store: Ma
     assert dict(session) == {"n": 1, "s": "x", "cart": [1]}  # reads the list: now watched
     assert session.changes() == ({}, [])
     assert not session.modified
+
+
+def test_encryption_without_cryptography_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from scalekit.errors import MissingDependencyError
+    from scalekit.sessions import MemorySessionBackend
+
+    for name in [m for m in sys.modules if m == "cryptography" or m.startswith("cryptography.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError, match=r"scalekit\[crypto\]"):
+        SessionStore(
+            MemorySessionBackend(),
+            secret_key="server-key-for-tests-0123456789abcdef",
+            encryption_keys=["encryption-key-0123456789abcdef"],
+        )

@@ -9,7 +9,7 @@ changes to the *same* key are last-writer-wins.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Iterator, Mapping, MutableMapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from scalekit.errors import (
     SessionStoreUnavailableError,
     SessionTooLargeError,
 )
+from scalekit.sessions._aead import FieldCipher
 from scalekit.sessions._codec import decode_value, encode_value
 from scalekit.sessions._crypto import KeySpace
 from scalekit.sessions._deadline import Watchdog
@@ -322,10 +323,16 @@ class SessionStore:
         max_bytes: the largest total size of a session's keys and JSON values.
         timeout: seconds every backend call may take before
             :class:`~scalekit.errors.SessionStoreUnavailableError` is raised.
+        encryption_keys: encrypt every value at rest (AES-256-GCM, one subkey per value, the
+            key name as associated data) with the first of these keys (16+ random bytes each);
+            all of them decrypt, so add a new key in front to rotate. Needs
+            ``scalekit[crypto]``. Values stored in clear before are read and encrypted at
+            their next change. ``max_bytes`` counts the encrypted size.
         clock: the time source (a :class:`~scalekit.testing.ManualClock` in tests).
 
     Raises:
         ConfigurationError: an argument is out of range or a key is too short.
+        MissingDependencyError: ``encryption_keys`` without ``cryptography`` installed.
     """
 
     def __init__(
@@ -339,6 +346,7 @@ class SessionStore:
         touch_interval: float | None = None,
         max_bytes: int = 64 * 1024,
         timeout: float = 1.0,
+        encryption_keys: Sequence[str | bytes] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if idle_timeout <= 0 or absolute_lifetime <= 0:
@@ -356,6 +364,7 @@ class SessionStore:
         self.max_bytes = int(max_bytes)
         self._watchdog = Watchdog(float(timeout))
         self._keys = KeySpace(secret_key, key_prefix)
+        self._cipher = FieldCipher(encryption_keys) if encryption_keys is not None else None
         self._clock = clock
         self._tracer = tracer()
         self._ops = meter().create_counter(
@@ -376,6 +385,10 @@ class SessionStore:
         self._watchdog = Watchdog(float(value))
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _sealed(self, sets: dict[str, str]) -> dict[str, str]:
+        """What is stored for ``sets``: encrypted when the store has keys."""
+        return sets if self._cipher is None else self._cipher.seal_all(sets)
 
     def _limits(self) -> Limits:
         return Limits(
@@ -488,16 +501,24 @@ class SessionStore:
         if stored is None:
             self._count("load", "miss")
             return
+        fields = stored.fields
         try:
-            data = {key: decode_value(text) for key, text in stored.fields.items()}
-        except ValueError:
+            if self._cipher is not None:
+                fields = self._cipher.open_all(fields)
+            data = {key: decode_value(text) for key, text in fields.items()}
+        except ValueError as exc:
             # Never silently turn corrupt data into an empty session that later overwrites it.
-            _log.error("session %s… holds data that is not valid JSON; ignoring it", session_id[:4])
+            _log.error(
+                "session %s… holds data that is not valid JSON or does not decrypt (%s); "
+                "ignoring it",
+                session_id[:4],
+                exc,
+            )
             self._count("load", "corrupt")
             return
         self._count("load", "hit")
         session._data = data
-        session._original = dict(stored.fields)
+        session._original = dict(fields)
         session._touched = set()
         session._id = session_id
         session._key = (session_id, key)
@@ -542,7 +563,9 @@ class SessionStore:
             return
         result = await self._run(
             "save",
-            self.backend.merge(self._session_key(session), sets, deletes, self._limits()),
+            self.backend.merge(
+                self._session_key(session), self._sealed(sets), deletes, self._limits()
+            ),
         )
         self._apply(session, result, session._id, sets, deletes, "save")
 
@@ -555,7 +578,7 @@ class SessionStore:
                 "create",
                 self.backend.create(
                     self._keys.session_key(session_id),
-                    sets,
+                    self._sealed(sets),
                     limits,
                     user_id=bind,
                     index_key=None if bind is None else self._keys.index_key(bind),
@@ -584,7 +607,7 @@ class SessionStore:
                 self.backend.rotate(
                     old_key,
                     self._keys.session_key(new_id),
-                    sets,
+                    self._sealed(sets),
                     deletes,
                     limits,
                     bind=None if bind is None else (bind, self._keys.index_key(bind)),
