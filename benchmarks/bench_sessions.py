@@ -216,6 +216,12 @@ async def main() -> None:
     scalekit_store = SessionStore(
         RedisSessionBackend(clients[0]), secret_key=SERVER_KEY, key_prefix=f"{prefix}:sk:"
     )
+    encrypted_store = SessionStore(
+        RedisSessionBackend(clients[0]),
+        secret_key=SERVER_KEY,
+        key_prefix=f"{prefix}:enc:",
+        encryption_keys=["bench-data-key-0123456789abcdef"],
+    )
     memory_store = SessionStore(MemorySessionBackend(), secret_key=SERVER_KEY)
     variants: dict[str, App] = {
         "bare ASGI (no sessions)": app_with(),
@@ -224,6 +230,9 @@ async def main() -> None:
         ),
         "scalekit, Redis": app_with(
             Middleware(SessionMiddleware, store=scalekit_store, secret_keys=[COOKIE_KEY])
+        ),
+        "scalekit, Redis, encrypted": app_with(
+            Middleware(SessionMiddleware, store=encrypted_store, secret_keys=[COOKIE_KEY])
         ),
         "starsessions, Redis": app_with(
             Middleware(
@@ -246,7 +255,11 @@ async def main() -> None:
             return await _orig(*args, **kwargs)
 
         client.execute_command = counted  # type: ignore[method-assign]
-    redis_of = {"scalekit, Redis": id(clients[0]), "starsessions, Redis": id(clients[1])}
+    redis_of = {
+        "scalekit, Redis": id(clients[0]),
+        "scalekit, Redis, encrypted": id(clients[0]),
+        "starsessions, Redis": id(clients[1]),
+    }
 
     cookies: dict[str, str | None] = {}
     for name, app in variants.items():
