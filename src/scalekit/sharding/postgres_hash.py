@@ -173,6 +173,14 @@ _INT_RANGES = {
 }
 _TEXT_TYPES = frozenset({"text", "varchar", "character varying"})
 _KNOWN_TYPES = sorted({*_INT_RANGES, *_TEXT_TYPES, "bytea", "uuid"})
+#: The column type a Python value is hashed as when the strategy names none.
+_INFERRED: dict[type, str] = {
+    int: "bigint",
+    str: "text",
+    bytes: "bytea",
+    bytearray: "bytea",
+    memoryview: "bytea",
+}
 
 
 def _bad(value: object, column: str | None) -> InvalidShardKeyError:
@@ -187,19 +195,10 @@ def _column_hash(value: Any, column: str | None) -> int:
     """The seeded hash PostgreSQL computes for ``value`` in a column of type ``column``."""
     kind = type(value)
     if column is None:
-        column = (
-            "bigint"
-            if kind is int
-            else "text"
-            if kind is str
-            else "bytea"
-            if kind in (bytes, bytearray, memoryview)
-            else "uuid"
-            if isinstance(value, uuid.UUID)
-            else ""
-        )
-        if not column:
-            raise _bad(value, None)
+        inferred = _INFERRED.get(kind) or ("uuid" if isinstance(value, uuid.UUID) else None)
+        if inferred is None:
+            raise _bad(value, None)  # bool, float, None...: exact types only
+        column = inferred
     bound = _INT_RANGES.get(column)
     if bound is not None:
         if kind is not int:  # bool is an int subclass: refused with floats and the rest
