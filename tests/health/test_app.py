@@ -341,6 +341,7 @@ def test_public_api_is_pinned() -> None:
             "redis_cluster_state",
             "redis_ping",
             "render",
+            "sharded_database",
         ]
     )
     for name in health.__all__:

@@ -30,6 +30,7 @@ from scalekit.health import (
     rabbitmq_queue_depth,
     redis_cluster_state,
     redis_ping,
+    sharded_database,
 )
 from scalekit.health.checks import BuiltinCheck
 from scalekit.testing import FaultProxy
@@ -201,6 +202,64 @@ async def test_postgres_query_error_is_a_fail(postgres_dsn: str) -> None:
     outcome = await run_one(postgres_query(postgres_dsn, "SELECT * FROM no_such_table_xyz"))
     assert outcome.status is Status.FAIL
     assert "no_such_table_xyz" in (outcome.output or "")
+
+
+@pytest.mark.postgres
+async def test_sharded_database_warns_for_some_shards_down_and_fails_for_all(
+    postgres_dsn: str,
+) -> None:
+    import asyncpg
+
+    from scalekit.sharding import ShardedDatabase
+
+    async with (
+        FaultProxy(*target(postgres_dsn)) as first,
+        FaultProxy(*target(postgres_dsn)) as second,
+        FaultProxy(*target(postgres_dsn)) as third,
+    ):
+        proxies = {"s0": first, "s1": second, "s2": third}
+        pools = {
+            name: await asyncpg.create_pool(via_proxy(postgres_dsn, proxy), min_size=0, max_size=2)
+            for name, proxy in proxies.items()
+        }
+        db = ShardedDatabase(pools, timeout=2.0)
+        try:
+            outcome = await run_one(sharded_database(db, timeout=1.0))
+            assert outcome.status is Status.PASS
+            assert (outcome.observed_value, outcome.observed_unit) == (3, "shards")
+
+            await second.refuse()
+            await second.cut()
+            outcome = await run_one(sharded_database(db, timeout=1.0))
+            assert outcome.status is Status.WARN  # only s1's keys fail: no instance is better
+            assert outcome.observed_value == 2
+            assert "1 of 3 down: s1" in (outcome.output or "")
+            strict = await run_one(sharded_database(db, timeout=1.0, max_down=0))
+            assert strict.status is Status.FAIL
+
+            third.blackhole()  # a hung shard counts as down once its timeout passes
+            for proxy in (first, third):
+                await proxy.refuse()
+                await proxy.cut()
+            outcome = await run_one(sharded_database(db, timeout=0.5))
+            assert outcome.status is Status.FAIL
+            assert outcome.observed_value == 0
+        finally:
+            for pool in pools.values():
+                pool.terminate()
+
+
+def test_sharded_database_refuses_what_it_cannot_check() -> None:
+    with pytest.raises(TypeError, match="ShardedDatabase"):
+        sharded_database(object())
+
+    class Fake:
+        shards = ("a",)
+
+        async def scatter(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    with pytest.raises(ConfigurationError):
+        sharded_database(Fake(), max_down=-1)
 
 
 @pytest.mark.postgres

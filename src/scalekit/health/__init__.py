@@ -28,6 +28,7 @@ from scalekit.health.checks import (
     rabbitmq_queue_depth,
     redis_cluster_state,
     redis_ping,
+    sharded_database,
 )
 from scalekit.health.lifespan import HealthLifespan, health_lifespan, install_signal_handlers
 from scalekit.health.registry import LIVENESS, READINESS, STARTUP, Check, HealthRegistry
@@ -61,4 +62,5 @@ __all__ = [
     "redis_cluster_state",
     "redis_ping",
     "render",
+    "sharded_database",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "rabbitmq_queue_depth",
     "redis_cluster_state",
     "redis_ping",
+    "sharded_database",
 ]
 
 DATASTORE = "datastore"
@@ -333,6 +334,46 @@ def postgres_replica_lag(
             f"pool/connection/DSN on the replica, got {type(source).__name__}"
         )
     return BuiltinCheck(check, DATASTORE, "postgres replica lag")
+
+
+def sharded_database(db: Any, *, timeout: float = 2.0, max_down: int | None = None) -> BuiltinCheck:
+    """Ask every shard of a :class:`~scalekit.sharding.ShardedDatabase` for ``SELECT 1``.
+
+    All shards answering passes. Some shards down *warns*: only their keys fail (with
+    :class:`~scalekit.errors.ShardUnavailableError`), and every instance of the application
+    sees the same shards, so taking this one out of rotation would help nobody. More than
+    ``max_down`` shards down fails (default: only when none answers). Observed value: the
+    shards answering; the output names the others and why.
+
+    Args:
+        db: the :class:`~scalekit.sharding.ShardedDatabase` (anything with ``shards`` and
+            ``scatter``).
+        timeout: seconds each shard may take.
+        max_down: shards that may be down before the check fails.
+
+    Raises:
+        TypeError: ``db`` has no ``scatter``/``shards``.
+        ConfigurationError: a negative ``timeout`` or ``max_down``.
+    """
+    if not (hasattr(db, "scatter") and hasattr(db, "shards")):
+        raise TypeError(f"sharded_database needs a ShardedDatabase, got {type(db).__name__}")
+    _positive("timeout", timeout)
+    if max_down is not None and (isinstance(max_down, bool) or max_down < 0):
+        raise ConfigurationError(f"max_down must be an int >= 0 or None, got {max_down!r}")
+
+    async def check() -> CheckResult:
+        shards = db.shards
+        result = await db.scatter("SELECT 1", method="fetchval", timeout=timeout)
+        errors = result.errors
+        up = len(shards) - len(errors)
+        if not errors:
+            return CheckResult(Status.PASS, up, "shards")
+        down = ", ".join(f"{name} ({type(exc).__name__})" for name, exc in errors.items())
+        limit = len(shards) - 1 if max_down is None else max_down
+        status = Status.FAIL if len(errors) > limit else Status.WARN
+        return CheckResult(status, up, "shards", f"{len(errors)} of {len(shards)} down: {down}")
+
+    return BuiltinCheck(check, DATASTORE, "sharded database")
 
 
 # -- RabbitMQ -------------------------------------------------------------------------------------
