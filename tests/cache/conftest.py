@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -40,3 +41,13 @@ async def redis_cache(redis_client: aioredis.Redis, unique: str) -> AsyncIterato
     finally:
         await cache.clear()
         await cache.aclose()
+
+
+async def open_client(request: pytest.FixtureRequest, kind: str) -> Any:
+    """A new client of the shared Redis (``"redis"``) or of the shared cluster (``"cluster"``)."""
+    if kind == "redis":
+        return aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    host, port = request.getfixturevalue("redis_cluster_nodes")[0]
+    client = aioredis.RedisCluster(host=host, port=port)
+    await client.initialize()
+    return client

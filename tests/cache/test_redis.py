@@ -11,17 +11,12 @@ import redis.asyncio as aioredis
 
 from scalekit.cache import Cache, RedisBackend
 from scalekit.errors import ConfigurationError
+from tests.cache.conftest import open_client
 
 
 @pytest.fixture(params=["redis", "cluster"])
 async def cache(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[Cache]:
-    client: Any
-    if request.param == "redis":
-        client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
-    else:
-        host, port = request.getfixturevalue("redis_cluster_nodes")[0]
-        client = aioredis.RedisCluster(host=host, port=port)
-        await client.initialize()
+    client = await open_client(request, request.param)
     # functional tests: a generous timeout (a loaded CI machine), strict so failures show
     backend = RedisBackend(client, timeout=5.0)
     c = Cache(backend, namespace=unique, default_ttl=60, ttl_jitter=0, strict=True)

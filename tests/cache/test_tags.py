@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from scalekit.cache import Cache, MemoryBackend, RedisBackend
 from scalekit.errors import InvalidCacheKeyError
+from tests.cache.conftest import open_client
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
@@ -23,12 +23,7 @@ async def cache(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[Ca
     if request.param == "memory":
         backend: Any = MemoryBackend()
     else:
-        if request.param == "redis":
-            client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
-        else:
-            host, port = request.getfixturevalue("redis_cluster_nodes")[0]
-            client = aioredis.RedisCluster(host=host, port=port)
-            await client.initialize()
+        client = await open_client(request, request.param)
         backend = RedisBackend(client, timeout=5.0)
     c = Cache(backend, namespace=unique, default_ttl=60, ttl_jitter=0, strict=True)
     try:
