@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,75 @@ async def test_transaction_rolls_back_on_error(
         with pytest.raises(RuntimeError):
             await abort(db)
         assert await db.primary.fetchval(f"SELECT count(*) FROM {table}") == 0
+
+
+async def test_after_commit_runs_after_the_commit_in_order(
+    postgres_dsn: str, postgres_replica_dsn: str, table: str
+) -> None:
+    seen: list[tuple[str, object]] = []
+    async with Database(postgres_dsn, [postgres_replica_dsn]) as db:
+
+        async def invalidate(key: str) -> None:
+            # another connection already sees the row: the callback runs after the commit
+            seen.append((key, await db.primary.fetchval(f"SELECT v FROM {table} WHERE id = 1")))
+
+        async def publish(event: str) -> None:
+            seen.append((event, None))
+
+        tx = db.transaction()
+        async with tx as conn:
+            await conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+            tx.after_commit(invalidate, "user:1")
+            tx.after_commit(publish, "user-created")
+            assert seen == []  # nothing runs inside the transaction
+        assert seen == [("user:1", "a"), ("user-created", None)]
+
+
+async def test_after_commit_never_runs_after_a_rollback(
+    postgres_dsn: str, postgres_replica_dsn: str, table: str
+) -> None:
+    ran: list[str] = []
+
+    async def note(what: str) -> None:
+        ran.append(what)
+
+    async def abort(tx: Any) -> None:
+        async with tx as conn:
+            await conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+            tx.after_commit(note, "invalidate")
+            raise RuntimeError("abort")
+
+    async with Database(postgres_dsn, [postgres_replica_dsn]) as db:
+        tx = db.transaction()
+        with pytest.raises(RuntimeError):
+            await abort(tx)
+        assert ran == []
+        with pytest.raises(TypeError, match="coroutine function"):
+            tx.after_commit("not callable")  # type: ignore[arg-type]
+
+
+async def test_a_failing_after_commit_callback_is_logged_and_the_rest_still_run(
+    postgres_dsn: str, postgres_replica_dsn: str, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[str] = []
+
+    async def broken() -> None:
+        raise ConnectionError("cache down")
+
+    async def note(what: str) -> None:
+        ran.append(what)
+
+    async with Database(postgres_dsn, [postgres_replica_dsn]) as db:
+        tx = db.transaction()
+        async with tx as conn:
+            await conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+            tx.after_commit(broken)
+            tx.after_commit(note, "published")
+        # committed, so nothing is raised; the failure is in the log
+        assert ran == ["published"]
+        assert await db.primary.fetchval(f"SELECT count(*) FROM {table}") == 1
+    assert "after_commit callback" in caplog.text
+    assert "cache down" in caplog.text
 
 
 async def test_readonly_transaction_may_use_a_replica(

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from scalekit._telemetry import get_logger
 from scalekit.db._replica import Role
 
 if TYPE_CHECKING:
     from scalekit.db._replica import _Server
     from scalekit.db.database import Database
+
+_log = get_logger(__name__)
 
 __all__ = ["Handle", "Transaction"]
 
@@ -128,9 +131,19 @@ class Handle:
 
 class Transaction:
     """``async with db.transaction() as conn:``: a transaction on the primary, or read-only on a
-    replica with ``readonly=True``. Commits on success, rolls back on an exception."""
+    replica with ``readonly=True``. Commits on success, rolls back on an exception.
+
+    Work that must follow the commit, never precede it or survive a rollback (invalidating a
+    cache entry, publishing an event), goes in :meth:`after_commit`::
+
+        tx = db.transaction()
+        async with tx as conn:
+            await conn.execute("UPDATE users SET name = $1 WHERE id = $2", name, user_id)
+            tx.after_commit(cache.delete, f"user:{user_id}")
+    """
 
     __slots__ = (
+        "_after",
         "_conn",
         "_db",
         "_deferrable",
@@ -160,6 +173,31 @@ class Transaction:
         self._conn: _Connection = None
         self._held: Any = None  # set for readonly transactions
         self._tx: Any = None
+        self._after: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = []
+
+    def after_commit(self, fn: Callable[..., Awaitable[Any]], /, *args: Any) -> None:
+        """Run ``await fn(*args)`` once the transaction has committed; never after a rollback.
+
+        Callbacks run in the order they were added, after the commit and after the write's
+        WAL position is recorded for read-your-writes, so what they trigger (a cache reload)
+        reads the committed data. A callback that raises is logged on the ``scalekit.db``
+        logger and the next one still runs: the transaction is committed either way, so
+        nothing is raised to the caller.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"after_commit needs a coroutine function, got {fn!r:.60}")
+        self._after.append((fn, args))
+
+    async def _run_after_commit(self) -> None:
+        callbacks, self._after = self._after, []
+        for fn, args in callbacks:
+            try:
+                await fn(*args)
+            except Exception:
+                _log.exception("an after_commit callback (%r) failed", fn)
 
     async def __aenter__(self) -> _Connection:
         db = self._db
@@ -186,9 +224,11 @@ class Transaction:
         tb: TracebackType | None,
     ) -> None:
         db = self._db
+        committed = False
         try:
             if exc is None:
                 await self._tx.commit()
+                committed = True
                 server = self._server
                 primary = server is not None and server.role == "primary"
                 if not self._readonly and primary and db._track_writes:
@@ -202,6 +242,10 @@ class Transaction:
             raise
         finally:
             await self._finish()
+            if committed:  # even if recording the WAL position failed: the data is in
+                await self._run_after_commit()
+            else:
+                self._after.clear()
         if exc is not None and not self._readonly:
             db._check_primary_error(exc)
 
