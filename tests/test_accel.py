@@ -23,6 +23,7 @@ from scalekit._accel import speedups
 from scalekit.errors import InvalidShardKeyError
 from scalekit.sharding import jump_hash, key_hash
 from scalekit.sharding.strategies import _py_jump_hash
+from tests.support.accel import needs_speedups
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,9 +46,6 @@ def test_the_environment_switch_turns_the_accelerator_off() -> None:
     ).stdout.split()
     expected = sharding.ShardRouter({"a": 1, "b": 2}).shard_for("k")
     assert out == ["True", "False", expected]
-
-
-needs_speedups = pytest.mark.skipif(speedups is None, reason="the C accelerator is not built")
 
 
 def hashlib_64(data: bytes) -> int:

@@ -15,6 +15,7 @@ from scalekit._accel import speedups
 from scalekit.errors import ConfigurationError, InvalidShardKeyError, UnknownShardError
 from scalekit.sharding import PostgresHash, ShardRouter, partition_hash
 from scalekit.sharding import postgres_hash as pgh
+from tests.support.accel import needs_speedups
 
 SEED = pgh.HASH_PARTITION_SEED
 
@@ -258,9 +259,6 @@ def test_partition_hash_is_the_row_hash() -> None:
     assert partition_hash(42) == partition_hash((42,)) == partition_hash(42, ["bigint"]) == one
     two = pgh.hash_combine64(one, pgh.hash_bytes_extended(b"acme"))
     assert partition_hash((42, "acme")) == two
-
-
-needs_speedups = pytest.mark.skipif(speedups is None, reason="the C accelerator is not built")
 
 
 @needs_speedups

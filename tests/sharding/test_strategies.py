@@ -32,6 +32,7 @@ from scalekit.sharding import (
 from scalekit.sharding import keys as keys_module
 from scalekit.sharding.keys import MAX_KEY_BYTES
 from scalekit.sharding.strategies import _maglev_table, _py_jump_hash
+from tests.support.accel import needs_speedups
 
 NAMES = [f"s{i}" for i in range(10)]
 KEYS_100K = [f"user:{i}" for i in range(50_000)] + list(range(50_000))
@@ -50,7 +51,8 @@ def _python_jump(cache_size: int) -> Callable[[list[str]], Callable[[Any], str]]
 
 def _compiled_jump(names: list[str]) -> Callable[[Any], str]:
     assert speedups is not None
-    return speedups.JumpPlacement(tuple(names), key_hash, uuid.UUID)  # type: ignore[no-any-return]
+    placement: Callable[[Any], str] = speedups.JumpPlacement(tuple(names), key_hash, uuid.UUID)
+    return placement
 
 
 #: Every jump placement there is: the compiled one (when built) and the pure-Python one,
@@ -59,7 +61,7 @@ JUMP_IMPLEMENTATIONS = [
     pytest.param(
         _compiled_jump,
         id="compiled",
-        marks=pytest.mark.skipif(speedups is None, reason="the C accelerator is not built"),
+        marks=needs_speedups,
     ),
     pytest.param(_python_jump(0), id="python"),
     pytest.param(_python_jump(4), id="python-cached"),
@@ -160,7 +162,7 @@ def test_inlined_jump_placement_equals_the_reference_on_every_key_kind(
         assert place(key) == names[_py_jump_hash(reference_key_hash(key), n)], key
 
 
-@pytest.mark.skipif(speedups is None, reason="the C accelerator is not built")
+@needs_speedups
 @pytest.mark.parametrize(
     "weights",
     [
@@ -502,7 +504,7 @@ def test_maglev_needs_a_table_at_least_as_large_as_the_shard_count() -> None:
     assert repr(Maglev(101)) == "Maglev(101)"
 
 
-@pytest.mark.skipif(speedups is None, reason="the C accelerator is not built")
+@needs_speedups
 def test_compiled_maglev_pieces_refuse_bad_input() -> None:
     assert speedups is not None
     with pytest.raises(ValueError, match="prime"):
