@@ -220,8 +220,12 @@ class NearCache:
         old primary never comes back at its address (a replaced node, a new pod IP), the links
         move to the new primaries instead of retrying a dead address forever.
         """
+        assert self._cache is not None
+        backend: Any = self._cache.backend
         loop = asyncio.get_running_loop()
         patience = max(2 * self.ping_interval, 1.0)
+        # a single server has no topology to re-read: its links are not polled
+        poll = patience / 2 if backend.is_cluster else None
         while not self._closed:
             targets = self._targets()
             if not targets:  # a cluster client that has not learnt its nodes yet
@@ -236,10 +240,11 @@ class NearCache:
             tasks = [asyncio.ensure_future(self._link(i, *t)) for i, t in enumerate(targets)]
             try:
                 while True:
-                    done, _ = await asyncio.wait(tasks, timeout=patience / 2)
+                    done, _ = await asyncio.wait(tasks, timeout=poll)
                     if done:  # a link ended (it only ends by failing outright): start over
                         break
-                    stale = [t for t in self._down_since.values() if loop.time() - t >= patience]
+                    now = loop.time()
+                    stale = any(now - since >= patience for since in self._down_since.values())
                     if stale and await self._topology_changed(targets):
                         _log.warning("near cache: the cluster's primaries changed; relinking")
                         break
