@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import asyncpg
 import pytest
 
 from scalekit.db import Database
@@ -161,9 +162,23 @@ async def test_connection_cut_mid_write_passes_the_driver_error_through(
         Database(_dsn(proxy.port), min_size=1, max_size=1) as db,
     ):
         write = asyncio.create_task(
-            db.execute(f"INSERT INTO {table} SELECT 1, 'x' FROM pg_sleep(0.5)")
+            db.execute(f"INSERT INTO {table} SELECT 1, 'x' FROM pg_sleep(1)")
         )
-        await asyncio.sleep(0.1)
+        watcher = await asyncpg.connect(postgres_dsn)
+        try:  # cut once the server is running the write, not after a guessed delay
+
+            async def running() -> bool:
+                return bool(
+                    await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query LIKE $1",
+                        f"INSERT INTO {table}%",
+                    )
+                )
+
+            await eventually(running, what="the write to run on the server")
+        finally:
+            await watcher.close()
         await proxy.cut()
         with pytest.raises(Exception) as info:
             await write
