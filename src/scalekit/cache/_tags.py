@@ -9,7 +9,7 @@ counter (``<Q``).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from scalekit.errors import InvalidCacheKeyError
 
@@ -62,10 +62,10 @@ class Unread:
 UNREAD = Unread()
 
 
-def tag_section(versions: Sequence[tuple[str, int]]) -> bytes:
-    """The encoded ``(tag, counter)`` pairs that follow a tagged frame's header."""
+def tag_section(versions: Mapping[str, int]) -> bytes:
+    """The encoded ``tag -> counter`` pairs that follow a tagged frame's header."""
     parts = [_COUNT.pack(len(versions))]
-    for tag, version in versions:
+    for tag, version in versions.items():
         name = tag.encode()
         parts += (_COUNT.pack(len(name)), name, _VERSION.pack(version))
     return b"".join(parts)

@@ -58,6 +58,9 @@ _F_LEASE = 1  # a fill placeholder, not a value (write-through race protection)
 # value whose tag has been purged since (its version moved) is no longer served.
 _F_TAGS = 2
 
+#: Tag -> purge count as read from the backend; ``None`` when it could not be read.
+Versions = dict[str, int] | None
+
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
@@ -368,14 +371,14 @@ class Cache:
         ttl: float | None,
         delta: float = 0.0,
         flags: int = 0,
-        versions: Sequence[tuple[str, int]] = (),
+        tagged: bytes = b"",
     ) -> bytes:
         now = self.clock.time()
         fresh_until = math.inf if ttl is None else now + ttl
         payload = b"" if flags & _F_LEASE else self.serializer.dumps(value)
-        if versions:
+        if tagged:  # the tag section (tag_section()), encoded once per write however many rows
             flags |= _F_TAGS
-            payload = tag_section(versions) + payload
+            payload = tagged + payload
         frame = _HEADER.pack(_MAGIC, flags, now, fresh_until, delta) + payload
         if self.signer is not None:
             frame = self.signer.sign(frame)
@@ -605,13 +608,13 @@ class Cache:
         """
         full = self.key(key)
         eff = self._ttl(self.default_ttl if ttl is _MISSING else ttl)
-        versions: list[tuple[str, int]] = []
+        tagged = b""
         if tags:
-            found = await self._versions(tags)
-            if found is None:  # unversioned, a purge could miss it: do not store it
+            versions = await self._tag_versions(tags)
+            if versions is None:  # unversioned, a purge could miss it: do not store it
                 return False
-            versions = found
-        frame = self._pack(value, eff, versions=versions)
+            tagged = tag_section(versions)
+        frame = self._pack(value, eff, tagged=tagged)
         if self.near is not None:
             self.near.invalidate(full)
         physical = self._physical(eff, self._keep)
@@ -643,25 +646,23 @@ class Cache:
     def _version_key(self, tag: str) -> str:
         return f"{self._prefix}#tagv:{check_tag(tag)}"
 
-    async def _tag_versions(self, tags: Sequence[str]) -> list[int] | None:
+    def _read_versions(self, tags: Sequence[str], datas: Sequence[bytes | None]) -> Versions:
+        """Tag -> purge count from what the backend returned for the tags' counters."""
+        found = counters(datas)
+        return None if found is None else dict(zip(tags, found, strict=True))
+
+    async def _tag_versions(self, tags: Sequence[str]) -> Versions:
         """Each tag's purge count (0 if never purged); ``None`` when they cannot be read."""
         fulls = [self._version_key(tag) for tag in tags]
         datas = await self._call("tag versions", self.backend.get_many(fulls), None)
-        return None if datas is None else counters(datas)
+        return None if datas is None else self._read_versions(tags, datas)
 
-    async def _current(self, entry: _Entry, versions: list[tuple[str, int]] | None) -> bool:
+    async def _current(self, entry: _Entry, versions: Versions) -> bool:
         """Whether ``entry``'s tags are unpurged, by ``versions`` read with it when they cover
         its tags (the usual case: stored with the tags it is read with), else by a new read."""
-        if versions:
-            now = dict(versions)
-            if all(tag in now for tag, _ in entry.tags):
-                return all(now[tag] == version for tag, version in entry.tags)
+        if versions and all(tag in versions for tag, _ in entry.tags):
+            return all(versions[tag] == version for tag, version in entry.tags)
         return await self._tags_current([entry])
-
-    async def _versions(self, tags: Sequence[str]) -> list[tuple[str, int]] | None:
-        """``(tag, version)`` for each tag as of now, to store with a value (``None``: unknown)."""
-        current = await self._tag_versions(tags)
-        return None if current is None else list(zip(tags, current, strict=True))
 
     async def _purged(self, entries: Sequence[_Entry]) -> frozenset[tuple[str, int]] | None:
         """The ``(tag, version)`` pairs of ``entries`` that a purge has superseded since.
@@ -669,12 +670,10 @@ class Cache:
         ``None`` when the versions cannot be read: then no tagged entry can be trusted.
         """
         pairs = {pair for entry in entries for pair in entry.tags}
-        names = sorted({tag for tag, _ in pairs})
-        current = await self._tag_versions(names)
+        current = await self._tag_versions(sorted({tag for tag, _ in pairs}))
         if current is None:
             return None
-        now = dict(zip(names, current, strict=True))
-        return frozenset((tag, version) for tag, version in pairs if now[tag] != version)
+        return frozenset((tag, version) for tag, version in pairs if current[tag] != version)
 
     async def _tags_current(self, entries: Sequence[_Entry]) -> bool:
         """Whether no tag of ``entries`` has been purged since they were written."""
@@ -692,17 +691,17 @@ class Cache:
             ValueTooLargeError: a value exceeds ``max_value_bytes`` (nothing is stored then).
         """
         base = self.default_ttl if ttl is _MISSING else ttl
-        versions: list[tuple[str, int]] = []
+        tagged = b""
         if tags and items:
-            found = await self._versions(tags)
-            if found is None:  # unversioned, a purge could miss them: do not store them
+            versions = await self._tag_versions(tags)
+            if versions is None:  # unversioned, a purge could miss them: do not store them
                 return False
-            versions = found
+            tagged = tag_section(versions)
         rows: list[tuple[str, bytes, float | None]] = []
         for key, value in items.items():
             full = self.key(key)
             eff = self._ttl(base)
-            frame = self._pack(value, eff, versions=versions)
+            frame = self._pack(value, eff, tagged=tagged)
             rows.append((full, frame, self._physical(eff, self._keep)))
         if not rows:
             return True
@@ -852,15 +851,14 @@ class Cache:
     ) -> T:
         near = self.near
         token = near.begin(full) if near is not None else None
-        versions: list[tuple[str, int]] | None = []
+        versions: Versions = {}
         if tags:
             # the value and its tags' counters in one read (one MGET; one pipelined round trip
             # on a cluster): they validate a hit, and a miss's load stores them
             fulls = [full, *(self._version_key(tag) for tag in tags)]
             datas = await self._call("get", self.backend.get_many(fulls), None)
             data = None if datas is None else datas[0]
-            found = None if datas is None else counters(datas[1:])
-            versions = None if found is None else list(zip(tags, found, strict=True))
+            versions = None if datas is None else self._read_versions(tags, datas[1:])
         elif self._guarded:
             data = await self._call_guarded("get", self.backend.get(full), None)
         else:
@@ -937,7 +935,7 @@ class Cache:
         stale: _Entry | None,
         *,
         background: bool = False,
-        versions: list[tuple[str, int]] | Unread | None = UNREAD,
+        versions: Versions | Unread = UNREAD,
     ) -> T:
         lock_key = lock_token = None
         if self.lease:
@@ -959,7 +957,7 @@ class Cache:
         try:
             # the tags' versions before the load: a purge during it outdates what it stores
             if isinstance(versions, Unread):
-                versions = await self._versions(tags) if tags else []
+                versions = await self._tag_versions(tags) if tags else {}
             value, delta, fresh = await self._run_loader(loader, stale)
             if fresh and (value is not None or self.negative_ttl is not None):
                 base = self.default_ttl if ttl is _MISSING else ttl
@@ -1008,11 +1006,11 @@ class Cache:
         ttl: float | None,
         tags: Sequence[str],
         delta: float,
-        versions: Sequence[tuple[str, int]],
+        versions: Mapping[str, int],
     ) -> None:
         eff = self._ttl(ttl)
         try:
-            frame = self._pack(value, eff, delta, versions=versions)
+            frame = self._pack(value, eff, delta, tagged=tag_section(versions) if versions else b"")
         except (SerializationError, ValueTooLargeError) as exc:
             if isinstance(exc, ValueTooLargeError):
                 self._too_large += 1
