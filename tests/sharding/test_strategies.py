@@ -430,17 +430,7 @@ def test_jump_cache_does_not_let_equal_floats_or_bools_through() -> None:
 def test_maglev_gives_every_shard_its_share_of_slots_within_one(n: int) -> None:
     names = [f"s{i}" for i in range(n)]
     size = 65_537
-    offsets_skips = [
-        (
-            int.from_bytes(d[:8], "little") % size,
-            int.from_bytes(d[8:], "little") % (size - 1) + 1,
-        )
-        for d in (
-            blake2b(name.encode(), digest_size=16, person=b"scalekit-maglev").digest()
-            for name in names
-        )
-    ]
-    offsets, skips = zip(*offsets_skips, strict=True)
+    offsets, skips = _maglev_walks(names, size)
     table = _maglev_table(offsets, skips, size)
     counts = Counter(table)
     assert set(counts) == set(range(n))
@@ -464,16 +454,19 @@ def test_compiled_and_python_maglev_place_every_key_alike(n: int, size: int) -> 
         place(1.5)
 
 
-def _reference_maglev_table(names: list[str], size: int) -> list[int]:
-    """The owner of each slot, from the names (as Maglev.bind derives offsets and skips)."""
+def _maglev_walks(names: list[str], size: int) -> tuple[list[int], list[int]]:
+    """Each shard's offset and skip, derived from its name as Maglev.bind documents."""
     digests = [
         blake2b(name.encode(), digest_size=16, person=b"scalekit-maglev").digest() for name in names
     ]
-    return _maglev_table(
-        [int.from_bytes(d[:8], "little") % size for d in digests],
-        [int.from_bytes(d[8:], "little") % (size - 1) + 1 for d in digests],
-        size,
-    )
+    offsets = [int.from_bytes(d[:8], "little") % size for d in digests]
+    skips = [int.from_bytes(d[8:], "little") % (size - 1) + 1 for d in digests]
+    return offsets, skips
+
+
+def _reference_maglev_table(names: list[str], size: int) -> list[int]:
+    """The owner of each slot, from the names."""
+    return _maglev_table(*_maglev_walks(names, size), size)
 
 
 def test_maglev_moves_little_when_any_shard_leaves_or_joins() -> None:
