@@ -581,14 +581,22 @@ static inline uint32_t load_tail(const uint8_t *p, size_t n) {
     return v;
 }
 
+/* lookup3's initial state for a `len`-byte input, with the extended forms' seed mixed in. */
+static inline void pg_start(uint32_t *a, uint32_t *b, uint32_t *c, size_t len, uint64_t seed) {
+    uint32_t x = 0x9e3779b9U + (uint32_t)len + 3923095U, y = x, z = x;
+    if (seed != 0) {
+        x += (uint32_t)(seed >> 32);
+        y += (uint32_t)seed;
+        PG_MIX(x, y, z);
+    }
+    *a = x;
+    *b = y;
+    *c = z;
+}
+
 static uint64_t pg_hash_bytes(const uint8_t *k, size_t len, uint64_t seed) {
     uint32_t a, b, c;
-    a = b = c = 0x9e3779b9U + (uint32_t)len + 3923095U;
-    if (seed != 0) {
-        a += (uint32_t)(seed >> 32);
-        b += (uint32_t)seed;
-        PG_MIX(a, b, c);
-    }
+    pg_start(&a, &b, &c, len, seed);
     while (len >= 12) {
         a += load32_le(k);
         b += load32_le(k + 4);
@@ -608,12 +616,7 @@ static uint64_t pg_hash_int8(int64_t value, uint64_t seed) {
     uint32_t low = (uint32_t)value, high = (uint32_t)((uint64_t)value >> 32);
     low ^= value >= 0 ? high : ~high;
     uint32_t a, b, c;
-    a = b = c = 0x9e3779b9U + (uint32_t)sizeof(uint32_t) + 3923095U;
-    if (seed != 0) {
-        a += (uint32_t)(seed >> 32);
-        b += (uint32_t)seed;
-        PG_MIX(a, b, c);
-    }
+    pg_start(&a, &b, &c, sizeof(uint32_t), seed);
     a += low;
     return pg_final(a, b, c);
 }
