@@ -50,8 +50,17 @@ _FB = int.from_bytes
 # blake2b(data, digest_size=8) is a copy of this empty state fed with data: copying a state
 # costs a third less than creating one (parameter block, argument parsing). Never updated.
 _fresh_digest = blake2b(digest_size=8).copy
-#: ``int.from_bytes(blake2b(data, digest_size=8).digest(), "little")`` compiled, when built.
-_blake2b_64: Callable[[bytes], int] | None = speedups.blake2b_64 if speedups else None
+
+
+def _py_digest64(data: bytes) -> int:
+    """``int.from_bytes(blake2b(data, digest_size=8).digest(), "little")``, by hashlib."""
+    digest = _fresh_digest()
+    digest.update(data)
+    return _FB(digest.digest(), "little")
+
+
+#: The 64-bit BLAKE2b digest of a key's bytes: the compiled one when it is built.
+_digest64: Callable[[bytes], int] = speedups.blake2b_64 if speedups else _py_digest64
 
 
 def mix64(value: int) -> int:
@@ -202,19 +211,10 @@ def key_hash(key: Any) -> int:
         except UnicodeEncodeError:
             raise _unencodable(key) from None
         if len(data) <= MAX_KEY_BYTES:
-            if _blake2b_64 is not None:
-                return _blake2b_64(data)
-            digest = _fresh_digest()
-            digest.update(data)
-            return _FB(digest.digest(), "little")
+            return _digest64(data)
     elif kind is int and 0 <= key <= _MASK:
         return mix64(key)
-    data = key_bytes(key)
-    if _blake2b_64 is not None:
-        return _blake2b_64(data)
-    digest = _fresh_digest()
-    digest.update(data)
-    return _FB(digest.digest(), "little")
+    return _digest64(key_bytes(key))
 
 
 def directory_key(key: Any) -> str:
