@@ -326,15 +326,9 @@ class PostgresHash(Strategy):
         table = _slots(bounds)
         size = len(table)
         columns = self.column_types
-        single = columns[0] if columns is not None and len(columns) == 1 else None
-        combine = hash_combine64
-        column_hash = _column_hash
 
         def postgres_placement(key: Any) -> str:
-            if single is not None and type(key) is not tuple:
-                row = combine(0, column_hash(key, single))
-            else:
-                row = partition_hash(key, columns)
+            row = partition_hash(key, columns)
             owner = table[row % size]
             if owner is None:
                 raise UnknownShardError(
